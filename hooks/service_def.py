@@ -1,0 +1,83 @@
+"""What a CDS service is, seen from the guideline side: its metadata, its data needs, its handler.
+
+The service layer renders discovery from these definitions, completes the prefetch they
+declare, and calls ``handler`` with a ``HookRequest``. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Callable, Mapping, Sequence
+
+from hooks.config import DEFAULT_CONFIG, GuidelineConfig
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """One hook call, as the rules need it. ``today`` is an input: rules never read the clock."""
+
+    hook: str
+    hook_instance: str
+    service_id: str
+    context: Mapping[str, Any]
+    #: prefetch key -> resource / Bundle / None, after the service completed what it could
+    prefetch: Mapping[str, Any]
+    today: date
+    config: GuidelineConfig = DEFAULT_CONFIG
+    #: prefetch key -> why it could not be obtained ("FHIR server timed out", ...)
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    #: further resources the service read for us (e.g. Medications behind medicationReference)
+    extra_resources: Sequence[Mapping[str, Any]] = ()
+    #: the service's public base URL (for SMART links); None when unknown
+    base_url: str | None = None
+    ruleset_version: str = "unversioned"
+    tenant: str | None = None
+
+
+@dataclass
+class HookResult:
+    """Cards for the EHR, optional system actions, and the decision trace (for humans and logs)."""
+
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    system_actions: list[dict[str, Any]] = field(default_factory=list)
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    def response_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"cards": self.cards}
+        if self.system_actions:
+            body["systemActions"] = self.system_actions
+        return body
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """A CDS service (one per hook), as discovery publishes it."""
+
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+    handler: Callable[[HookRequest], HookResult]
+    usage_requirements: str | None = None
+    #: keys without which no decision is possible (412 when they cannot be obtained)
+    required_prefetch: frozenset[str] = frozenset()
+    #: whether this call needs patient data at all (order-sign without an IVIG order does not)
+    needs_patient_data: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] = lambda context, prefetch: True
+    #: medicationReference targets the handler needs but the request does not contain
+    unresolved_references: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]] = lambda context, prefetch: []
+
+    def discovery_entry(self, extension: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        if extension:
+            entry["extension"] = dict(extension)
+        return entry

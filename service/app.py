@@ -1,0 +1,108 @@
+"""The application factory: settings in, a wired Flask app out.
+
+Each concern lives in its own module and plugs in here with ``init_app``-style calls; the
+long-lived parts (feedback store, FHIR client pool, key cache) hang off ``AppState`` so that
+tests can build as many independent apps as they like.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app
+
+import hooks
+from hooks.ruleset import ruleset_version
+from hooks.service_def import ServiceDefinition
+from service import cors, errors, logging as cds_logging
+from service.auth import Authenticator
+from service.feedback import FeedbackStore, MemoryFeedbackStore
+from service.prefetch import PrefetchCompleter
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("ivig_cds.app")
+
+
+@dataclass
+class AppState:
+    """Everything a request needs besides the request itself."""
+
+    settings: Settings
+    services: dict[str, ServiceDefinition]
+    ruleset_version: str
+    store: FeedbackStore
+    authenticator: Authenticator
+    prefetcher: PrefetchCompleter
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for part in (self.prefetcher, self.authenticator, self.store):
+            try:
+                part.close()
+            except Exception:  # closing must never raise during shutdown
+                log.exception("error while closing %s", type(part).__name__)
+
+
+def state() -> AppState:
+    return current_app.extensions["ivig_cds"]
+
+
+def _open_store(settings: Settings) -> FeedbackStore:
+    """The SQL store when available (the feedback issue), else the in-process one."""
+    try:
+        from service.storage import open_store  # type: ignore[attr-defined]
+    except ImportError:
+        return MemoryFeedbackStore()
+    return open_store(settings)
+
+
+def create_app(settings: Settings | None = None, *, store: FeedbackStore | None = None) -> Flask:
+    """Build the app. ``settings`` default to ``load_settings()`` (config file + environment)."""
+    settings = settings or load_settings()
+    app = Flask("ivig_cds")
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    app.json.sort_keys = False  # keep CDS Hooks field order readable
+
+    app.extensions["ivig_cds"] = AppState(
+        settings=settings,
+        services=dict(hooks.SERVICES),
+        ruleset_version=ruleset_version(settings.guideline),
+        store=store if store is not None else _open_store(settings),
+        authenticator=Authenticator(settings),
+        prefetcher=PrefetchCompleter(settings),
+    )
+    cds_logging.init_app(app)
+    cors.init_app(app, settings.security.cors_allow_origins)
+    errors.register_error_handlers(app)
+
+    from service import cds, ops
+
+    app.register_blueprint(cds.bp)
+    app.register_blueprint(ops.bp)
+    for optional in ("service.analytics", "service.smart", "service.metrics"):
+        _register_optional(app, optional)
+    return app
+
+
+def _register_optional(app: Flask, module_name: str) -> None:
+    """Modules added by later issues register themselves when present."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return
+    module.init_app(app)
+
+
+def close_app(app: Flask) -> None:
+    app.extensions["ivig_cds"].close()
+
+
+def register_shutdown(app: Flask) -> None:
+    atexit.register(close_app, app)

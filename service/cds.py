@@ -1,0 +1,144 @@
+"""The CDS Hooks 2.0.1 endpoints: discovery, service invocation, feedback.
+
+Each view is the pipeline and nothing more: look up the service, authenticate, read the body,
+check the envelope, complete the prefetch, call the hook's handler, record what was issued,
+answer. Every failure is raised as a ``CdsError`` and answered in service/errors.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import date, datetime, timezone
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, g, request
+
+from hooks.service_def import HookRequest, HookResult, ServiceDefinition
+from service.app import AppState, state
+from service.errors import NotFound
+from service.feedback import IssuedCard
+from service.jsonbody import read_json
+from service.models import parse_cds_request, parse_feedback
+
+bp = Blueprint("cds", __name__)
+log = logging.getLogger("ivig_cds.cds")
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def today() -> date:
+    """'Today' for the rules: the service's clock, decided once here at the edge."""
+    return datetime.now(timezone.utc).date()
+
+
+def base_url() -> str:
+    st = state()
+    configured = st.settings.security.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    return request.host_url.rstrip("/")
+
+
+def _service(st: AppState, service_id: str) -> ServiceDefinition:
+    service = st.services.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id '{service_id}'; see GET /cds-services")
+    return service
+
+
+def _read_body(st: AppState) -> Any:
+    limits = st.settings.limits
+    return read_json(request, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
+
+
+@bp.get("/cds-services")
+def discovery():
+    st = state()
+    st.authenticator.verify(request, discovery=True)
+    extension = {"ivig-cds-ruleset-version": st.ruleset_version}
+    return json_response({"services": [s.discovery_entry(extension) for s in st.services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def invoke(service_id: str):
+    st = state()
+    service = _service(st, service_id)
+    identity = st.authenticator.verify(request)
+    cds_request = parse_cds_request(_read_body(st), service.hook)
+    run_date = today()
+    completed = st.prefetcher.complete(cds_request, service, run_date)
+    result: HookResult = service.handler(HookRequest(
+        hook=service.hook,
+        hook_instance=cds_request.hook_instance,
+        service_id=service.id,
+        context=cds_request.context,
+        prefetch=completed.prefetch,
+        today=run_date,
+        config=st.settings.guideline,
+        unavailable=completed.unavailable,
+        extra_resources=completed.extra_resources,
+        base_url=base_url(),
+        ruleset_version=st.ruleset_version,
+        tenant=identity.tenant,
+    ))
+    _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
+    g.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
+    log.info("cards issued", extra={"service": service.id, "cards": len(result.cards),
+                                    "topics": g.cds_topics, "ruleset": st.ruleset_version})
+    return json_response(result.response_body())
+
+
+def _patient_hash(st: AppState, patient_id: str) -> str | None:
+    key = st.extras.get("patient_hash_key")
+    if key is None:
+        configured = st.settings.feedback.patient_hash_key
+        import secrets
+
+        key = configured.encode() if configured else secrets.token_bytes(32)
+        st.extras["patient_hash_key"] = key
+    if not patient_id:
+        return None
+    return hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _record_issued(st: AppState, service: ServiceDefinition, hook_instance: str, patient_id: str,
+                   result: HookResult) -> None:
+    if not result.cards:
+        return
+    now = datetime.now(timezone.utc)
+    patient_hash = _patient_hash(st, patient_id)
+    records = []
+    for card in result.cards:
+        topic = card.get("source", {}).get("topic", {}).get("code", "")
+        records.append(IssuedCard(
+            uuid=card.get("uuid", ""),
+            service_id=service.id,
+            hook_instance=hook_instance,
+            topic=topic,
+            indicator=card.get("indicator", ""),
+            ruleset_version=st.ruleset_version,
+            issued_at=now,
+            suggestion_uuids=tuple(s["uuid"] for s in card.get("suggestions", []) if "uuid" in s),
+            patient_hash=patient_hash,
+        ))
+    st.store.record_issued(records)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    st = state()
+    service = _service(st, service_id)
+    st.authenticator.verify(request)
+    items = parse_feedback(_read_body(st))
+    outcome = st.store.store_feedback(service.id, items)
+    log.info("feedback stored", extra={"service": service.id, "count": outcome.stored})
+    return json_response({
+        "stored": outcome.stored,
+        "duplicates": outcome.duplicates,
+        "unknownCards": outcome.unknown_cards,
+    })

@@ -1,0 +1,38 @@
+"""CORS for browser clients such as the CDS Hooks sandbox: preflight answered, headers on every reply."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+ALLOW_METHODS = "GET, POST, OPTIONS"
+ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+
+
+def init_app(app: Flask, allow_origins: list[str]) -> None:
+    allow_any = "*" in allow_origins
+
+    def _origin_allowed(origin: str | None) -> str | None:
+        if allow_any:
+            return "*"
+        return origin if origin and origin in allow_origins else None
+
+    @app.before_request
+    def _preflight():
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            response = app.make_default_options_response()
+            response.status_code = 204
+            return response
+        return None
+
+    @app.after_request
+    def _cors_headers(response):
+        allowed = _origin_allowed(request.headers.get("Origin"))
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+            response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, WWW-Authenticate"
+            response.headers["Access-Control-Max-Age"] = "600"
+            if allowed != "*":
+                response.headers.add("Vary", "Origin")
+        return response

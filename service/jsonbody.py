@@ -1,0 +1,59 @@
+"""Reading a JSON request body safely: media type, size, syntax, nesting depth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from service.errors import BadRequest, PayloadTooLarge
+
+JSON_TYPES = ("application/json", "application/fhir+json")
+
+
+def _is_json_type(mimetype: str) -> bool:
+    return mimetype in JSON_TYPES or mimetype.endswith("+json")
+
+
+def max_depth_exceeded(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit``; iterative, so deep input cannot overflow the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
+    """The parsed body, or a CdsError that says what is wrong with it."""
+    if not _is_json_type(request.mimetype or ""):
+        raise BadRequest(
+            f"Content-Type must be application/json (got {request.mimetype or 'none'})")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes") from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    if not raw.strip():
+        raise BadRequest("the request body is empty; a JSON object is required")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc).split(":", 1)[0]
+        if "recursion" in str(exc).lower():
+            raise BadRequest(f"JSON nests deeper than {max_depth} levels") from None
+        raise BadRequest(f"the request body is not valid JSON ({message})") from None
+    # Cheap pre-check: nesting depth can never exceed the number of opening brackets.
+    if raw.count(b"{") + raw.count(b"[") > max_depth and max_depth_exceeded(body, max_depth):
+        raise BadRequest(f"JSON nests deeper than {max_depth} levels")
+    return body

@@ -1,0 +1,106 @@
+"""Structured JSON logs with a request id, and nothing a patient or an attacker could be found by.
+
+Log lines carry only what we put in ``extra`` under whitelisted keys, the logger, the level and
+the message. Exceptions are rendered as their type and the code locations they passed through
+(never their message, which may quote a patient's data or a token).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+import uuid
+from typing import Any
+
+import orjson
+from flask import Flask, g, request
+
+#: Keys a log record may carry besides message, level and logger.
+SAFE_FIELDS = (
+    "request_id", "method", "path", "service", "hook", "status", "duration_ms", "cards", "topics",
+    "reason", "fhir_status", "prefetch_key", "event", "count", "ruleset", "outcome", "skipped",
+    "issuer", "worker", "phase",
+)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in SAFE_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        if "request_id" not in out:
+            rid = _current_request_id()
+            if rid:
+                out["request_id"] = rid
+        if record.exc_info and record.exc_info[0] is not None:
+            etype, _, tb = record.exc_info
+            out["exception"] = etype.__name__
+            out["stack"] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(tb)][-8:]
+        return orjson.dumps(out, default=str).decode()
+
+
+def _current_request_id() -> str | None:
+    try:
+        return g.get("request_id")
+    except RuntimeError:  # outside a request
+        return None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route every logger of the process through one JSON handler on stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_ivig_cds", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._ivig_cds = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # werkzeug's access log prints the full URL and client address in plain text; ours replaces it.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def _valid_request_id(value: str | None) -> str | None:
+    if value and len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value):
+        return value
+    return None
+
+
+def init_app(app: Flask) -> None:
+    """A request id on every request (accepting a sane X-Request-ID) and one access line each."""
+    access = logging.getLogger("ivig_cds.access")
+
+    @app.before_request
+    def _start() -> None:
+        g.request_id = _valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        started = g.get("started")
+        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+        access.info(
+            "request",
+            extra={
+                "method": request.method,
+                # the route pattern, not the URL: paths may carry ids in future endpoints
+                "path": request.url_rule.rule if request.url_rule else "(unmatched)",
+                "status": response.status_code,
+                "duration_ms": duration,
+                "service": (request.view_args or {}).get("service_id"),
+            },
+        )
+        return response

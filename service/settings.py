@@ -1,0 +1,342 @@
+"""Typed, frozen settings from defaults, profile, a TOML file and ``IVIG_CDS_*`` variables.
+
+Precedence (later wins): built-in defaults < profile defaults < TOML file < environment.
+Every value remembers where it came from (``Settings.origins``) so that ``ivig-cds explain``
+can tell a committee whether a threshold is the guideline default or a local change.
+
+Environment names: ``IVIG_CDS_<FIELD>`` for top-level fields and for the clinical thresholds
+(``IVIG_CDS_IGM_LOW_MG_DL``), ``IVIG_CDS_<SECTION>_<FIELD>`` for the other sections
+(``IVIG_CDS_PREFETCH_DEADLINE_SECONDS``). Lists accept JSON or comma-separated text; objects JSON.
+An unknown ``IVIG_CDS_*`` variable or TOML key is an error: a mistyped threshold must never be
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hooks.config import GuidelineConfig
+
+ENV_PREFIX = "IVIG_CDS_"
+#: Variables that steer loading itself rather than naming a setting.
+META_ENV = {"IVIG_CDS_CONFIG"}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line that names the problem."""
+
+
+class Profile(StrEnum):
+    development = "development"
+    sandbox = "sandbox"
+    production = "production"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrustedIssuer(_Section):
+    """A CDS client (EHR) whose JWTs we accept, and where its public keys come from."""
+
+    iss: str = Field(description="The client's issuer, exactly as in the JWT `iss` claim")
+    jwks_url: str | None = Field(None, description="URL of the issuer's JWK Set, fetched and cached")
+    jwks: dict[str, Any] | None = Field(None, description="A pinned JWK Set (no network)")
+    jwks_file: str | None = Field(
+        None, description="Path of a pinned JWK Set file; 'package:NAME' reads one shipped with ivig-cds")
+    jku_allowlist: list[str] = Field(
+        default_factory=list, description="JWKS URLs a token's `jku` header may name for this issuer")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["ES384", "RS384"], description="Signature algorithms accepted for this issuer")
+
+
+class SecuritySettings(_Section):
+    require_token: bool = Field(False, description="Demand a valid CDS client JWT on hook and feedback calls")
+    protect_discovery: bool = Field(False, description="Demand a JWT on discovery as well")
+    trusted_issuers: list[TrustedIssuer] = Field(default_factory=list, description="Allowlist of CDS clients")
+    clock_skew_seconds: int = Field(60, ge=0, description="Leeway for exp/iat/nbf")
+    max_token_lifetime_seconds: int = Field(3600, gt=0, description="Longest exp - iat accepted")
+    behind_proxy: bool = Field(False, description="Trust X-Forwarded-Proto/Host when rebuilding the audience URL")
+    public_base_url: str | None = Field(
+        None, description="The service's external base URL; when set, the JWT audience is built from it")
+    jwks_cache_seconds: int = Field(3600, gt=0, description="How long a fetched JWK Set is cached")
+    jwks_refetch_interval_seconds: int = Field(
+        60, ge=0, description="Least time between refetches of a JWK Set on an unknown kid")
+    jwks_fetch_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of a JWK Set fetch")
+    replay_store: Literal["database", "redis", "memory"] = Field(
+        "database", description="Where seen `jti`s are kept (shared across workers; 'memory' only for one process)")
+    redis_url: str | None = Field(None, description="Redis URL when replay_store = redis")
+    fhir_server_allowlist: list[str] = Field(
+        default_factory=list,
+        description="fhirServer URL patterns the service may contact: scheme://host[:port][/path], "
+        "host may be '*' or '*.example.org', port may be '*'")
+    cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"], description="CORS allowed origins")
+
+
+class LimitSettings(_Section):
+    max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest request body (413 above)")
+    max_json_depth: int = Field(100, gt=1, description="Deepest JSON nesting accepted (400 above)")
+    max_resources: int = Field(20000, gt=0, description="Most FHIR resources in one request (413 above)")
+    request_timeout_seconds: float = Field(10.0, gt=0, description="Worker timeout for one request (gunicorn)")
+
+
+class PrefetchSettings(_Section):
+    query_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one FHIR query (connect and read)")
+    deadline_seconds: float = Field(3.0, gt=0, description="Overall deadline for completing prefetch")
+    max_resources_per_query: int = Field(2000, gt=0, description="Cap on resources read by following paging")
+    max_pages: int = Field(20, gt=0, description="Cap on pages followed per query")
+    failure_mode: Literal["continue", "omit", "fail"] = Field(
+        "continue",
+        description="A failed FHIR query: continue (say so in cards), omit the key silently, or fail the call")
+    pool_connections: int = Field(8, gt=0, description="HTTP connection pool size per FHIR server")
+    max_parallel_queries: int = Field(8, gt=0, description="Queries run at once per call")
+
+
+class FeedbackSettings(_Section):
+    retention_days: int | None = Field(None, gt=0, description="Delete cards and feedback older than this")
+    issued_queue_size: int = Field(10000, gt=0, description="Bound of the queue of issued-card records")
+    issued_flush_seconds: float = Field(0.5, gt=0, description="How often issued-card records are written")
+    patient_hash_key: str | None = Field(
+        None, description="Secret for the keyed hash of patient ids in records (random per start when unset)")
+
+
+class SmartSettings(_Section):
+    client_id: str = Field("ivig-cds", description="SMART client id registered with the EHR")
+    scope: str = Field(
+        "launch openid fhirUser patient/Patient.read patient/Observation.read patient/Condition.read "
+        "patient/Encounter.read patient/Immunization.read patient/MedicationRequest.read "
+        "patient/MedicationAdministration.read patient/Procedure.read",
+        description="Scopes requested at SMART launch")
+    redirect_url: str | None = Field(None, description="Redirect URL registered for the app (default: /smart/app)")
+
+
+class Settings(BaseModel):
+    """Everything the running service needs; built once at start-up, then read-only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    profile: Profile = Field(Profile.development, description="development | sandbox | production")
+    data_dir: str = Field("~/.local/share/ivig-cds", description="Where the SQLite database and caches live")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite file in data_dir")
+    host: str = Field("127.0.0.1", description="Address `serve` binds")
+    port: int = Field(8080, ge=0, le=65535, description="Port `serve` binds")
+    log_level: str = Field("INFO", description="Logging level")
+    sample_patients: bool = Field(
+        True, description="Answer for the built-in sample patients when a request brings no data (development)")
+    guideline: GuidelineConfig = Field(default_factory=GuidelineConfig)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    prefetch: PrefetchSettings = Field(default_factory=PrefetchSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    smart: SmartSettings = Field(default_factory=SmartSettings)
+    #: dotted field name -> "default" | "profile:<name>" | "config:<path>" | "env:<VAR>" | "override"
+    origins: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _production_is_complete(self) -> "Settings":
+        if self.profile is Profile.production:
+            missing = []
+            if not self.security.trusted_issuers:
+                missing.append("security.trusted_issuers")
+            if not self.security.fhir_server_allowlist:
+                missing.append("security.fhir_server_allowlist")
+            if not self.database_url:
+                missing.append("database_url")
+            if missing:
+                raise ValueError("production profile needs " + ", ".join(missing))
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'ivig-cds.sqlite3'}"
+
+
+#: Sections whose fields are addressed without the section name in the environment.
+FLAT_SECTIONS = {"guideline"}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "guideline": GuidelineConfig,
+    "security": SecuritySettings,
+    "limits": LimitSettings,
+    "prefetch": PrefetchSettings,
+    "feedback": FeedbackSettings,
+    "smart": SmartSettings,
+}
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable for a dotted setting name."""
+    parts = dotted.split(".")
+    if len(parts) == 2 and parts[0] in FLAT_SECTIONS:
+        parts = parts[1:]
+    return ENV_PREFIX + "_".join(parts).upper()
+
+
+def _leaf_names() -> dict[str, str]:
+    """dotted name -> env var for every setting."""
+    names: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if name == "origins":
+            continue
+        if name in SECTIONS:
+            for sub in SECTIONS[name].model_fields:
+                names[f"{name}.{sub}"] = env_name(f"{name}.{sub}")
+        else:
+            names[name] = env_name(name)
+    return names
+
+
+LEAF_ENV = _leaf_names()
+ENV_LEAF = {v: k for k, v in LEAF_ENV.items()}
+
+
+def _profile_defaults(profile: Profile) -> dict[str, Any]:
+    """Dotted defaults a profile brings; explain reports them as 'profile:<name>'."""
+    loopback = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+    if profile is Profile.development:
+        return {"security.fhir_server_allowlist": ["https://*", *loopback]}
+    if profile is Profile.sandbox:
+        from service.auth_keys import SANDBOX_ISSUER  # noqa: PLC0415 - keeps settings import light
+
+        return {
+            "security.require_token": True,
+            "security.trusted_issuers": [SANDBOX_ISSUER],
+            "security.fhir_server_allowlist": ["https://*", *loopback],
+            "sample_patients": False,
+        }
+    return {"security.require_token": True, "security.protect_discovery": False, "sample_patients": False}
+
+
+def _coerce_env(dotted: str, raw: str) -> Any:
+    """Environment text -> a value pydantic can validate (JSON for lists/objects, commas for lists)."""
+    section, _, leaf = dotted.partition(".")
+    model = SECTIONS.get(section) if leaf else Settings
+    field = model.model_fields[leaf or section]
+    annotation = str(field.annotation)
+    text = raw.strip()
+    if "list" in annotation or "dict" in annotation:
+        if text.startswith("[") or text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{env_name(dotted)} is not valid JSON: {exc.msg}") from None
+        if "list" in annotation:
+            return [item.strip() for item in text.split(",") if item.strip()]
+    if text.lower() in ("", "none", "null") and "None" in annotation:
+        return None
+    return text
+
+
+def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A TOML document -> dotted names, refusing unknown keys."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            for sub, subvalue in value.items():
+                dotted = f"{key}.{sub}"
+                if dotted not in LEAF_ENV:
+                    raise ConfigError(f"{where}: unknown setting {dotted}{_suggest(dotted, LEAF_ENV)}")
+                flat[dotted] = subvalue
+        elif key in LEAF_ENV:
+            flat[key] = value
+        else:
+            raise ConfigError(f"{where}: unknown setting {key}{_suggest(key, LEAF_ENV)}")
+    return flat
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        section, _, leaf = dotted.partition(".")
+        if leaf:
+            nested.setdefault(section, {})[leaf] = value
+        else:
+            nested[section] = value
+    return nested
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings; raise ConfigError with a one-line message when anything is wrong.
+
+    ``overrides`` (dotted names) come from the command line and win over everything.
+    """
+    env = dict(os.environ if environ is None else environ)
+    config_file = config_file or env.get("IVIG_CDS_CONFIG") or None
+    layers: list[tuple[str, dict[str, Any]]] = []
+
+    file_values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            file_values = _flatten(tomllib.loads(path.read_text(encoding="utf-8")), str(path))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    env_values: dict[str, Any] = {}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in META_ENV:
+            continue
+        if var not in ENV_LEAF:
+            raise ConfigError(f"unknown environment variable {var}{_suggest(var, ENV_LEAF)}")
+        env_values[ENV_LEAF[var]] = _coerce_env(ENV_LEAF[var], raw)
+
+    profile_raw = (overrides or {}).get("profile") or env_values.get("profile") or file_values.get("profile") or "development"
+    try:
+        profile = Profile(str(profile_raw))
+    except ValueError:
+        raise ConfigError(f"unknown profile {profile_raw!r} (development, sandbox or production)") from None
+
+    layers.append((f"profile:{profile.value}", _profile_defaults(profile)))
+    if file_values:
+        layers.append((f"config:{config_file}", file_values))
+    layers.append(("env", env_values))
+    layers.append(("override", dict(overrides or {})))
+
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {name: "default" for name in LEAF_ENV}
+    for origin, values in layers:
+        for dotted, value in values.items():
+            merged[dotted] = value
+            origins[dotted] = f"env:{LEAF_ENV[dotted]}" if origin == "env" else origin
+    merged["profile"] = profile.value
+    try:
+        settings = Settings.model_validate(_nest(merged))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, origins)) from None
+    return settings.model_copy(update={"origins": origins})
+
+
+def _one_line(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    """The first validation problem as one line, naming the setting and where its value came from."""
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if not isinstance(part, int))
+    origin = origins.get(loc)
+    where = f" (from {origin})" if origin and origin != "default" else ""
+    name = loc or "configuration"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid setting {name}{where}: {msg}{more}"

@@ -1,0 +1,39 @@
+"""Shared fixtures: an app built from the factory with settings that touch nothing outside tmp."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from service.app import create_app
+from service.feedback import MemoryFeedbackStore
+from service.settings import Settings, load_settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference" / "cds-hooks"
+
+
+def make_settings(tmp_path: pathlib.Path, **overrides) -> Settings:
+    """Settings from defaults only (the caller's environment is ignored), data in tmp_path."""
+    base = {"data_dir": str(tmp_path / "data")}
+    base.update(overrides)
+    return load_settings(environ={}, overrides=base)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings, store=MemoryFeedbackStore())
+    yield app
+    app.extensions["ivig_cds"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
