@@ -1,13 +1,16 @@
-"""order-select: the same IVIG check, earlier — when an immune globulin order is selected."""
+"""order-select: the same IVIG check, earlier — on the orders the clinician has just selected."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from hooks import data_needs
+from hooks.order_sign import handle_orders, needs_patient_data, unresolved_references
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 
 
 def handle(request: HookRequest) -> HookResult:
-    return HookResult()
+    return handle_orders(request, selections_only=True)
 
 
 SERVICE = ServiceDefinition(
@@ -22,4 +25,6 @@ SERVICE = ServiceDefinition(
     usage_requirements=data_needs.USAGE,
     required_prefetch=data_needs.REQUIRED,
     handler=handle,
+    needs_patient_data=partial(needs_patient_data, selections_only=True),
+    unresolved_references=partial(unresolved_references, selections_only=True),
 )

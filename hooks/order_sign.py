@@ -1,13 +1,165 @@
-"""order-sign: intercepts immune globulin orders the guideline does not support."""
+"""order-sign: intercepts immune globulin orders the guideline does not support.
+
+Cards only when an immune globulin (IVIG/SCIG) order is among the draft orders: the signing
+moment is about the orders, and an interruptive card about anything else is noise. Orders for
+another indication (ITP, Kawasaki, GBS, CIDP, myasthenia) are outside the guideline: no card.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from hooks import data_needs
+from hooks.assessment import Topic, Verdict
+from hooks.cards import (DOSE_OVERRIDE_REASONS, IMMUNOLOGY_REFERRAL, OVERRIDE_REASONS, TROUGH_ORDER, CardContext,
+                         CardPlan, create_action, delete_action, finalize, spec_of, suggestion, workup_actions)
+from hooks.engine import PatientEvaluation, evaluate_patient, is_other_indication
+from hooks.fhir_read import bare_id, iter_resources
+from hooks.orders import IvigOrder, draft_resources, may_be_immune_globulin, raw_medications, \
+    unresolved_medication_references
+from hooks.patient_view import card_context
+from hooks.rules import OS
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
+from hooks.summaries import (confounded_summary, indicated_summary, monitoring_summary, not_indicated_summary,
+                             workup_summary)
+
+RECHECK_RULES = frozenset({"isolated_igm_deficiency", "incidental_low_igm",
+                           "antibody_deficiency_without_infection_criterion"})
+IGG_RECHECK = ("IgG re-check in 6–12 months", {
+    "coding": [{"system": "http://loinc.org", "code": "2465-3", "display": "IgG [Mass/volume] in Serum"}],
+    "text": "Serum IgG in 6–12 months (monitoring for developing IgG deficiency)"})
+
+INDICATOR = {
+    Topic.IVIG_NOT_INDICATED: "warning",
+    Topic.IVIG_INDICATED: "info",
+    Topic.WORKUP_INCOMPLETE: "warning",
+    Topic.HYPER_IGM_PATTERN: "critical",
+    Topic.LABS_CONFOUNDED_BY_IVIG: "info",
+    Topic.IVIG_DOSE_CHECK: "warning",
+    Topic.IVIG_MONITORING: "warning",
+}
+
+
+def _not_indicated_plan(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardContext) -> CardPlan:
+    outcome = ev.decision.outcome
+    assert outcome is not None
+    deletes = [delete_action(o.label, o.product) for o in orders]
+    keys = list(outcome.missing_keys) or (list(ev.decision.gaps.missing_keys) if ev.decision.gaps else [])
+    plan = CardPlan(Topic.IVIG_NOT_INDICATED, "warning", not_indicated_summary(outcome, ev.facts), [outcome],
+                    advice_heading="Instead")
+    plan.extra_sections.append(("Orders checked", [f"{o.product} ({o.label})" for o in orders]))
+    creates = workup_actions(keys, ctx.patient_id)
+    if outcome.rule == "recurrent_severe_infections_with_normal_workup":
+        plan.suggestions.append(suggestion("Cancel the IVIG order and refer to clinical immunology",
+                                           deletes + [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)],
+                                           recommended=True))
+        plan.suggestions.append(suggestion("Cancel the IVIG order", deletes))
+    elif not creates and outcome.rule in RECHECK_RULES:
+        plan.suggestions.append(suggestion("Cancel the IVIG order and re-check IgG in 6–12 months",
+                                           deletes + [create_action(*IGG_RECHECK, ctx.patient_id)], recommended=True))
+        plan.suggestions.append(suggestion("Cancel the IVIG order", deletes))
+    elif creates:
+        plan.suggestions.append(suggestion("Cancel the IVIG order and order the missing work-up",
+                                           deletes + creates, recommended=True))
+        plan.suggestions.append(suggestion("Cancel the IVIG order", deletes))
+    else:
+        plan.suggestions.append(suggestion("Cancel the IVIG order", deletes, recommended=True))
+    plan.override_reasons = dict(OVERRIDE_REASONS)
+    return plan
+
+
+def plans_for_orders(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardContext) -> list[CardPlan]:
+    """Cards for replacement-intent immune globulin orders."""
+    plans: list[CardPlan] = []
+    d = ev.decision
+    outcome = d.outcome
+    supports = outcome is not None and outcome.verdict is Verdict.SUPPORTS
+    if outcome is not None:
+        spec = spec_of(outcome.rule)
+        for topic in (spec.topics.get(OS, ()) if spec else ()):
+            if topic is Topic.IVIG_NOT_INDICATED:
+                plans.append(_not_indicated_plan(ev, orders, ctx))
+            elif topic is Topic.IVIG_INDICATED:
+                plans.append(CardPlan(topic, "info", indicated_summary(outcome), [outcome]))
+            elif topic is Topic.HYPER_IGM_PATTERN:
+                plan = CardPlan(topic, "critical",
+                                f"Hyper-IgM pattern: {outcome.conclusion} — this patient needs IVIG and immunology referral",
+                                [outcome])
+                plan.suggestions = [suggestion("Refer to clinical immunology",
+                                               [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)]
+                plans.append(plan)
+            elif topic is Topic.LABS_CONFOUNDED_BY_IVIG:
+                plans.append(CardPlan(topic, "info", confounded_summary(outcome), [outcome]))
+            elif topic is Topic.WORKUP_INCOMPLETE:
+                plan = CardPlan(topic, "warning", workup_summary(outcome, before_ivig=True), [outcome])
+                creates = workup_actions(outcome.missing_keys, ctx.patient_id)
+                if creates:
+                    plan.suggestions = [suggestion("Order the missing work-up", creates, recommended=True)]
+                plan.override_reasons = dict(OVERRIDE_REASONS)
+                plans.append(plan)
+    if d.gaps is not None:
+        plan = CardPlan(Topic.WORKUP_INCOMPLETE, "warning", workup_summary(d.gaps, before_ivig=True), [d.gaps])
+        creates = workup_actions(d.gaps.missing_keys, ctx.patient_id)
+        if creates:
+            plan.suggestions = [suggestion("Order the missing work-up", creates, recommended=True)]
+        plan.override_reasons = dict(OVERRIDE_REASONS)
+        plans.append(plan)
+    if d.monitoring is not None:
+        plan = CardPlan(Topic.IVIG_MONITORING, "warning", monitoring_summary(d.monitoring), [d.monitoring])
+        plan.suggestions = [suggestion("Order a trough IgG before the next infusion",
+                                       [create_action(*TROUGH_ORDER, ctx.patient_id)], True)]
+        plans.append(plan)
+    established = ev.facts.ivig.on_treatment
+    for order in orders:
+        for finding in ev.order_findings.get(order.label, []):
+            if finding.rule != "dose_outside_replacement_range":
+                continue
+            weight_only = "cannot be computed" in finding.conclusion and "outside" not in finding.conclusion
+            if weight_only and not (supports or established):
+                continue
+            plan = CardPlan(Topic.IVIG_DOSE_CHECK, "warning", f"IVIG dose check: {finding.conclusion}", [finding])
+            plan.extra_sections.append(("Order", [f"{order.product} ({order.label})"]))
+            plan.override_reasons = dict(DOSE_OVERRIDE_REASONS)
+            plans.append(plan)
+    return plans
+
+
+def handle_orders(request: HookRequest, *, selections_only: bool) -> HookResult:
+    drafts = draft_resources(request.context, selections_only)
+    if not drafts:
+        return HookResult(trace={"orders": [], "reason": "no medication or service orders among the drafts"})
+    # the whole draftOrders Bundle goes in too: it may hold the Medication an order refers to
+    others = [r for r in iter_resources(request.context.get("draftOrders")) if r.get("resourceType") == "Medication"]
+    ev = evaluate_patient(
+        [*request.prefetch.values(), *request.extra_resources, others],
+        patient_id=bare_id(str(request.context.get("patientId", ""))),
+        today=request.today, config=request.config, unavailable=request.unavailable, drafts=drafts)
+    trace = ev.trace()
+    replacement = [o for o in ev.orders if not is_other_indication(ev, o)]
+    if not replacement:
+        trace["reason"] = "no immune globulin order for replacement among the drafts"
+        return HookResult(trace=trace)
+    ctx = card_context(request, ev)
+    return HookResult(cards=finalize(plans_for_orders(ev, replacement, ctx), ctx), trace=trace)
 
 
 def handle(request: HookRequest) -> HookResult:
-    return HookResult()
+    return handle_orders(request, selections_only=False)
+
+
+def _medications(context: Mapping[str, Any], prefetch: Mapping[str, Any]):
+    return raw_medications([context.get("draftOrders"), *prefetch.values()])
+
+
+def needs_patient_data(context: Mapping[str, Any], prefetch: Mapping[str, Any], selections_only: bool = False) -> bool:
+    """Only an immune globulin order (or one we cannot identify without the FHIR server) needs the record."""
+    meds = _medications(context, prefetch)
+    return any(may_be_immune_globulin(d, meds) is not False for d in draft_resources(context, selections_only))
+
+
+def unresolved_references(context: Mapping[str, Any], prefetch: Mapping[str, Any],
+                          selections_only: bool = False) -> list[str]:
+    return unresolved_medication_references(draft_resources(context, selections_only), _medications(context, prefetch))
 
 
 SERVICE = ServiceDefinition(
@@ -24,4 +176,6 @@ SERVICE = ServiceDefinition(
     usage_requirements=data_needs.USAGE,
     required_prefetch=data_needs.REQUIRED,
     handler=handle,
+    needs_patient_data=needs_patient_data,
+    unresolved_references=unresolved_references,
 )

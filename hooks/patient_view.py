@@ -3,11 +3,80 @@
 from __future__ import annotations
 
 from hooks import data_needs
+from hooks.assessment import Topic
+from hooks.cards import (IMMUNOLOGY_REFERRAL, TROUGH_ORDER, CardContext, CardPlan, create_action, finalize,
+                         suggestion, workup_actions)
+from hooks.engine import PatientEvaluation, evaluate_patient
+from hooks.fhir_read import bare_id
+from hooks.rules import PV
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
+from hooks.summaries import monitoring_summary, patient_view_summary, workup_summary
+
+INDICATOR = {
+    Topic.HYPER_IGM_PATTERN: "critical",
+    Topic.IVIG_INDICATED: "info",
+    Topic.WORKUP_INCOMPLETE: "info",
+    Topic.ISOLATED_IGM_DEFICIENCY: "info",
+    Topic.LABS_CONFOUNDED_BY_IVIG: "info",
+    Topic.IVIG_MONITORING: "warning",
+}
+
+
+def card_context(request: HookRequest, ev: PatientEvaluation) -> CardContext:
+    notes = tuple(ev.facts.data_problems)
+    return CardContext(
+        hook_instance=request.hook_instance,
+        service_id=request.service_id,
+        patient_id=bare_id(str(request.context.get("patientId", ""))) or "",
+        ruleset_version=request.ruleset_version,
+        smart_url=smart_url(request),
+        data_notes=notes,
+    )
+
+
+def smart_url(request: HookRequest) -> str | None:
+    """The SMART trend page, when the service publishes one (set by the service layer)."""
+    return request.smart_launch_url
+
+
+def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
+    from hooks.cards import spec_of
+
+    plans: list[CardPlan] = []
+    d = ev.decision
+    if d.outcome is not None:
+        spec = spec_of(d.outcome.rule)
+        for topic in (spec.topics.get(PV, ()) if spec else ()):
+            plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts), [d.outcome])
+            if topic is Topic.WORKUP_INCOMPLETE and d.outcome.missing_keys:
+                actions = workup_actions(d.outcome.missing_keys, ctx.patient_id)
+                if actions:
+                    plan.suggestions = [suggestion("Order the missing work-up", actions, recommended=True)]
+            if topic is Topic.HYPER_IGM_PATTERN:
+                plan.suggestions = [suggestion("Refer to clinical immunology",
+                                               [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)]
+            plans.append(plan)
+    if d.gaps is not None:
+        plan = CardPlan(Topic.WORKUP_INCOMPLETE, "info", workup_summary(d.gaps, before_ivig=False), [d.gaps])
+        actions = workup_actions(d.gaps.missing_keys, ctx.patient_id)
+        if actions:
+            plan.suggestions = [suggestion("Order the missing work-up", actions, recommended=True)]
+        plans.append(plan)
+    if d.monitoring is not None:
+        plan = CardPlan(Topic.IVIG_MONITORING, "warning", monitoring_summary(d.monitoring), [d.monitoring])
+        plan.suggestions = [suggestion("Order a trough IgG before the next infusion",
+                                       [create_action(*TROUGH_ORDER, ctx.patient_id)], True)]
+        plans.append(plan)
+    return plans
 
 
 def handle(request: HookRequest) -> HookResult:
-    return HookResult()
+    ev = evaluate_patient(
+        [*request.prefetch.values(), *request.extra_resources],
+        patient_id=bare_id(str(request.context.get("patientId", ""))),
+        today=request.today, config=request.config, unavailable=request.unavailable)
+    ctx = card_context(request, ev)
+    return HookResult(cards=finalize(plans_for(ev, ctx), ctx), trace=ev.trace())
 
 
 SERVICE = ServiceDefinition(

@@ -31,6 +31,8 @@ class HookRequest:
     extra_resources: Sequence[Mapping[str, Any]] = ()
     #: the service's public base URL (for SMART links); None when unknown
     base_url: str | None = None
+    #: URL of the SMART trend page cards link to (type "smart"); None when not published
+    smart_launch_url: str | None = None
     ruleset_version: str = "unversioned"
     tenant: str | None = None
 

@@ -1,0 +1,257 @@
+"""CDS Hooks cards from assessments, following ../shared/contract/card-topics.md.
+
+Every card carries ``source.topic`` (a code of the closed list), a summary under 140 characters
+naming the conclusion, and a markdown detail with the deciding facts (value, unit, date), the
+rule, what to do and the literature, ending with the ruleset version. Cards are de-duplicated
+per topic, ordered critical > warning > info, and have uuids stable for a hookInstance and
+topic so that feedback can refer to them. No null or empty values leave this module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from hooks import valuesets as vs
+from hooks.assessment import TOPIC_DISPLAY, TOPIC_SYSTEM, Assessment, Evidence, Topic
+from hooks.references import GUIDELINE_URL, REFERENCES
+from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES, RuleSpec
+
+CARD_NAMESPACE = uuid.UUID("5b0e6f3c-6d1c-4f7e-9a55-1f3c2b9d7a10")
+OVERRIDE_SYSTEM = "urn:ivig-cds:override-reason"
+SOURCE_LABEL = "ivig-cds · IgM deficiency guideline"
+SUMMARY_MAX = 139
+INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+OVERRIDE_REASONS = {
+    "other-indication": "IVIG is for another indication (ITP, Kawasaki disease, GBS, CIDP, myasthenia)",
+    "immunology-consulted": "Immunology already consulted",
+    "established-elsewhere": "Patient already established on IVIG elsewhere",
+    "results-outside-record": "Supporting results are outside this record",
+}
+DOSE_OVERRIDE_REASONS = {
+    "other-indication": "Immunomodulatory dose for another indication",
+    "immunology-consulted": "Dose set with immunology",
+    "weight-verified": "Dose checked against a current weight",
+}
+
+#: Orderable work-up, by the keys rules put in ``Assessment.missing_keys``.
+WORKUP_ORDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "igg": ("Serum IgG", {"coding": [{"system": vs.LOINC, "code": "2465-3", "display": "IgG [Mass/volume] in Serum"}],
+                          "text": "Serum IgG"}),
+    "igm": ("Serum IgM", {"coding": [{"system": vs.LOINC, "code": "2472-9", "display": "IgM [Mass/volume] in Serum"}],
+                          "text": "Serum IgM"}),
+    "ppsv23": ("PPSV23 challenge with pre/post titers", {
+        "text": "Streptococcus pneumoniae IgG antibodies, 23 serotypes: pre-vaccination, then PPSV23 (CVX 33), "
+                "then 4–8 weeks after vaccination"}),
+    "lymphocyte-subsets": ("Lymphocyte subsets", {
+        "coding": [{"system": vs.LOINC, "code": "8116-6", "display": "CD19 cells [#/volume] in Blood"},
+                   {"system": vs.LOINC, "code": "24467-3", "display": "CD4 cells [#/volume] in Blood"},
+                   {"system": vs.LOINC, "code": "14135-8", "display": "CD8 cells [#/volume] in Blood"}],
+        "text": "Lymphocyte subsets by flow cytometry: CD19, CD4, CD8, memory B cells"}),
+}
+TROUGH_ORDER = ("Trough IgG before the next infusion", {
+    "coding": [{"system": vs.LOINC, "code": "2465-3", "display": "IgG [Mass/volume] in Serum"}],
+    "text": "Trough IgG, drawn immediately before the next immune globulin infusion"})
+IMMUNOLOGY_REFERRAL = ("Immunology referral", {"text": "Referral to clinical immunology"})
+
+
+def spec_of(rule_name: str) -> RuleSpec | None:
+    for spec in DECISION_RULES + MONITORING_RULES + WORKUP_RULES + ORDER_RULES:
+        if spec.name == rule_name:
+            return spec
+    return None
+
+
+@dataclass
+class CardPlan:
+    """One card before serialisation."""
+
+    topic: Topic
+    indicator: str
+    summary: str
+    assessments: list[Assessment]
+    advice_heading: str = "What to do"
+    extra_sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
+    selection_behavior: str | None = None
+    override_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """Request-level facts a card needs: ids for uuids and actions, version, links."""
+
+    hook_instance: str
+    service_id: str
+    patient_id: str
+    ruleset_version: str
+    smart_url: str | None = None
+    data_notes: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ text helpers
+
+
+def clip(text: str, limit: int = SUMMARY_MAX) -> str:
+    """A summary within the spec's 140 characters, cut at a word when it must be cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:—- ")
+    return cut + "…"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _evidence_table(evidence: Iterable[Evidence]) -> list[str]:
+    rows = [e for e in evidence if e.value]
+    if not rows:
+        return []
+    lines = ["| Fact | Value | Date | Why it counts |", "|---|---|---|---|"]
+    for e in rows:
+        lines.append(f"| {_md_cell(e.fact)} | {_md_cell(e.value)} | {_md_cell(e.date or '—')} | {_md_cell(e.note or '—')} |")
+    return lines
+
+
+def render_detail(plan: CardPlan, ctx: CardContext) -> str:
+    parts: list[str] = []
+    references: list[str] = []
+    for a in plan.assessments:
+        spec = spec_of(a.rule.split("+")[0])
+        specs = [spec_of(name) for name in a.rule.split("+")]
+        branch = "; ".join(s.branch for s in specs if s) or a.rule
+        parts.append(f"**{a.conclusion[:1].upper() + a.conclusion[1:]}.**")
+        parts.append(f"Rule: {branch} (`{a.rule}`)." + (f" Threshold: {'; '.join(a.thresholds)}." if a.thresholds else ""))
+        table = _evidence_table(a.evidence)
+        if table:
+            parts.append("\n".join(table))
+        if a.missing:
+            parts.append("**Missing or stale:**\n" + "\n".join(f"- {m}" for m in a.missing))
+        if a.advice:
+            parts.append(f"**{plan.advice_heading}:**\n" + "\n".join(f"- {x}" for x in a.advice))
+        if a.notes:
+            parts.append("\n".join(f"_{n}_" for n in a.notes))
+        for s in specs:
+            for key in (s.references if s else ()):
+                if key not in references:
+                    references.append(key)
+    for heading, lines in plan.extra_sections:
+        if lines:
+            parts.append(f"**{heading}:**\n" + "\n".join(f"- {x}" for x in lines))
+    if ctx.data_notes:
+        parts.append("**Data not used or unavailable:**\n" + "\n".join(f"- {n}" for n in ctx.data_notes[:12])
+                     + (f"\n- … and {len(ctx.data_notes) - 12} more" if len(ctx.data_notes) > 12 else ""))
+    if references:
+        refs = []
+        for key in references:
+            ref = REFERENCES[key]
+            refs.append(f"- {ref.citation}" + (f" <{ref.url}>" if ref.url else ""))
+        parts.append("**References:**\n" + "\n".join(refs))
+    parts.append(f"---\n_ivig-cds ruleset {ctx.ruleset_version}_")
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------ suggestions
+
+
+def _uuid(*parts: str) -> str:
+    return str(uuid.uuid5(CARD_NAMESPACE, "|".join(parts)))
+
+
+def service_request(code: dict[str, Any], patient_id: str, note: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "code": code,
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    if note:
+        resource["note"] = [{"text": note}]
+    return resource
+
+
+def create_action(label: str, code: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    return {"type": "create", "description": f"Order {label}", "resource": service_request(code, patient_id)}
+
+
+def delete_action(order_label: str, product: str) -> dict[str, Any]:
+    return {"type": "delete", "description": f"Remove the draft order for {product}", "resourceId": order_label}
+
+
+def workup_actions(keys: Iterable[str], patient_id: str) -> list[dict[str, Any]]:
+    return [create_action(WORKUP_ORDERS[k][0], WORKUP_ORDERS[k][1], patient_id) for k in keys if k in WORKUP_ORDERS]
+
+
+def suggestion(label: str, actions: list[dict[str, Any]], recommended: bool = False) -> dict[str, Any]:
+    """A suggestion; its uuid is derived from the card's when the card is built."""
+    out: dict[str, Any] = {"label": clip(label, 120)}
+    if recommended:
+        out["isRecommended"] = True
+    if actions:
+        out["actions"] = actions
+    return out
+
+
+# ------------------------------------------------------------------ serialisation
+
+
+def prune(value: Any) -> Any:
+    """Drop None, "", [] and {} recursively (CDS Hooks forbids them)."""
+    if isinstance(value, dict):
+        out = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [v for v in (prune(v) for v in value) if v not in (None, "", [], {})]
+    return value
+
+
+def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
+    card_uuid = _uuid(ctx.hook_instance, ctx.service_id, plan.topic.value)
+    rules = [a.rule for a in plan.assessments]
+    links = [{"label": "Guideline reference: AAAAI practice parameter (Bonilla 2015)", "url": GUIDELINE_URL,
+              "type": "absolute"}]
+    if ctx.smart_url:
+        links.append({"label": "Ig trend and decision trace (SMART app)", "url": ctx.smart_url, "type": "smart"})
+    card: dict[str, Any] = {
+        "uuid": card_uuid,
+        "summary": clip(plan.summary),
+        "indicator": plan.indicator,
+        "detail": render_detail(plan, ctx),
+        "source": {
+            "label": SOURCE_LABEL,
+            "url": GUIDELINE_URL,
+            "topic": {"system": TOPIC_SYSTEM, "code": plan.topic.value, "display": TOPIC_DISPLAY[plan.topic]},
+        },
+        "links": links,
+        "extension": {"ivig-cds-ruleset-version": ctx.ruleset_version, "ivig-cds-rules": rules},
+    }
+    if plan.suggestions:
+        card["suggestions"] = [
+            {**s, "uuid": _uuid(card_uuid, s["label"])} for s in plan.suggestions
+        ]
+        card["selectionBehavior"] = plan.selection_behavior or "at-most-one"
+    if plan.override_reasons:
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+                                   for code, display in plan.override_reasons.items()]
+    return prune(card)
+
+
+def finalize(plans: list[CardPlan], ctx: CardContext) -> list[dict[str, Any]]:
+    """One card per topic (the first plan wins, later findings are merged in), ordered by urgency."""
+    by_topic: dict[Topic, CardPlan] = {}
+    for plan in plans:
+        if plan.topic in by_topic:
+            kept = by_topic[plan.topic]
+            kept.assessments.extend(a for a in plan.assessments if a not in kept.assessments)
+            if INDICATOR_ORDER[plan.indicator] < INDICATOR_ORDER[kept.indicator]:
+                kept.indicator = plan.indicator
+            continue
+        by_topic[plan.topic] = plan
+    cards = [to_card(p, ctx) for p in by_topic.values()]
+    cards.sort(key=lambda c: INDICATOR_ORDER[c["indicator"]])
+    return cards

@@ -1,0 +1,978 @@
+"""The facts the guideline decides on, extracted from one patient's FHIR record.
+
+``extract_facts(read, today, config)`` turns validated resources into a small typed ``Facts``:
+the latest usable IgM/IgG/IgA (unit-normalised, with date, range and why it counts as low),
+the PPSV23 response, infections in the window, IVIG history, weight, lymphocyte subsets,
+and every problem met on the way (unknown unit, stale, drawn after IVIG ...), worded for the
+card. Only final/amended/corrected results count. "Today" is an argument, never the clock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, Iterable, Mapping
+
+from hooks import valuesets as vs
+from hooks.config import GuidelineConfig
+from hooks.dates import add_months, age_years, as_date, fmt_date
+from hooks.fhir_read import ReadResult, bare_id
+from hooks.units import COMPARATORS, Measured, parse_value_string, to_kg, to_mg_dl, to_ug_ml
+
+FINAL_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
+LOW_FLAGS = frozenset({"L", "LL", "LU", "<"})
+NORMAL_FLAGS = frozenset({"N", "H", "HH", "HU", ">"})
+
+
+class Level(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"  # not low (normal or high)
+    UNKNOWN = "unknown"  # a value exists but cannot be judged (bound, child without range)
+
+
+@dataclass(frozen=True)
+class LabValue:
+    """One usable result, normalised (mg/dL for Ig, ug/mL for titers, kg for weight)."""
+
+    analyte: str
+    measured: Measured
+    unit: str
+    when: date
+    resource: str
+    ref_low: float | None = None
+    ref_high: float | None = None
+    flags: frozenset[str] = frozenset()
+    stale: bool = False
+    confounded_by: date | None = None  # the IVIG dose this result was drawn after
+    original: str = ""
+
+    @property
+    def confounded(self) -> bool:
+        return self.confounded_by is not None
+
+    def show(self) -> str:
+        """'32 mg/dL (2026-10-01)' — value, unit and date, as cards show them."""
+        return f"{self.measured.display(self.unit)} ({fmt_date(self.when)})"
+
+
+@dataclass(frozen=True)
+class Analyte:
+    """All results of one analyte and the one that decides."""
+
+    name: str
+    values: tuple[LabValue, ...] = ()
+    deciding: LabValue | None = None
+    level: Level = Level.UNKNOWN
+    #: why the level is what it is ("below 40 mg/dL", "below the lab's range 48–271 mg/dL")
+    basis: str = ""
+    #: "ok", "missing", "stale", "confounded", "indeterminate"
+    status: str = "missing"
+    problems: tuple[str, ...] = ()
+
+    @property
+    def latest(self) -> LabValue | None:
+        return self.values[-1] if self.values else None
+
+    @property
+    def is_low(self) -> bool:
+        return self.status == "ok" and self.level is Level.LOW
+
+    @property
+    def is_normal(self) -> bool:
+        return self.status == "ok" and self.level is Level.NORMAL
+
+
+@dataclass(frozen=True)
+class Titer:
+    serotype: str
+    measured: Measured
+    when: date
+    resource: str
+    confounded_by: date | None = None
+
+
+@dataclass(frozen=True)
+class PneumococcalResponse:
+    """The PPSV23 challenge: pre and post titers per serotype and what they show."""
+
+    #: "adequate", "impaired", "not-tested", "no-post-titers", "no-pre-titers", "confounded", "stale"
+    status: str
+    vaccination: date | None = None
+    pre: tuple[Titer, ...] = ()
+    post: tuple[Titer, ...] = ()
+    protective: int = 0
+    tested: int = 0
+    required_fraction: float | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def fraction(self) -> float | None:
+        return self.protective / self.tested if self.tested else None
+
+    @property
+    def judgeable(self) -> bool:
+        return self.status in ("adequate", "impaired")
+
+    def show(self) -> str:
+        if not self.tested:
+            return self.status.replace("-", " ")
+        pct = round(100 * (self.fraction or 0))
+        need = f", needs >= {round(100 * self.required_fraction)} %" if self.required_fraction else ""
+        when = f" {self.days_after()} days after PPSV23 of {fmt_date(self.vaccination)}" if self.vaccination else ""
+        return f"{self.protective}/{self.tested} serotypes protective ({pct} %{need}){when}"
+
+    def days_after(self) -> int | None:
+        if not self.post or not self.vaccination:
+            return None
+        return (max(t.when for t in self.post) - self.vaccination).days
+
+
+@dataclass(frozen=True)
+class Infection:
+    """One infection episode (Conditions and the admission for it count once)."""
+
+    when: date
+    label: str
+    severe: bool
+    life_threatening: bool
+    encapsulated: bool
+    hospitalised: bool
+    sources: tuple[str, ...]
+
+    @property
+    def minor(self) -> bool:
+        return not self.severe
+
+    def show(self) -> str:
+        kind = "life-threatening" if self.life_threatening else "severe" if self.severe else "minor"
+        extra = ", encapsulated organism" if self.encapsulated else ""
+        return f"{self.label} ({fmt_date(self.when)}; {kind}{extra})"
+
+
+@dataclass(frozen=True)
+class InfectionHistory:
+    #: False when the record holds no clinical data in the window at all (criteria rule 6)
+    known: bool
+    window_start: date
+    episodes: tuple[Infection, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def severe(self) -> tuple[Infection, ...]:
+        return tuple(e for e in self.episodes if e.severe)
+
+    @property
+    def life_threatening(self) -> tuple[Infection, ...]:
+        return tuple(e for e in self.episodes if e.life_threatening)
+
+    @property
+    def severe_encapsulated(self) -> tuple[Infection, ...]:
+        return tuple(e for e in self.episodes if e.severe and e.encapsulated)
+
+    @property
+    def minor(self) -> tuple[Infection, ...]:
+        return tuple(e for e in self.episodes if e.minor)
+
+
+@dataclass(frozen=True)
+class IvigDose:
+    when: date
+    source: str
+    subcutaneous: bool = False
+
+
+@dataclass(frozen=True)
+class IvigHistory:
+    doses: tuple[IvigDose, ...] = ()
+    active_order: bool = False
+    on_treatment: bool = False
+
+    @property
+    def first_dose(self) -> date | None:
+        return self.doses[0].when if self.doses else None
+
+    @property
+    def last_dose(self) -> date | None:
+        return self.doses[-1].when if self.doses else None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.doses) or self.active_order
+
+
+@dataclass(frozen=True)
+class Facts:
+    today: date
+    birth_date: date | None
+    age: float | None
+    igm: Analyte
+    igg: Analyte
+    iga: Analyte
+    pneumococcal: PneumococcalResponse
+    infections: InfectionHistory
+    ivig: IvigHistory
+    #: on IVIG: the latest IgG since treatment started (the trough)
+    trough: LabValue | None
+    weight: LabValue | None
+    lymphocyte_subsets: frozenset[str]
+    lymphocyte_subsets_missing: tuple[str, ...]
+    hyper_igm_diagnosis: str | None
+    other_indications: tuple[str, ...]
+    #: data that could not be used, worded for the card ("Observation/x: unit 'mmol/L' not known")
+    data_problems: tuple[str, ...] = ()
+    #: prefetch keys that could not be obtained, with the reason
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_child(self) -> bool:
+        return self.age is not None and self.age < 18
+
+    @property
+    def has_ig_data(self) -> bool:
+        return bool(self.igm.values or self.igg.values or self.iga.values)
+
+
+# ------------------------------------------------------------------ helpers over R4B models
+
+
+def _texts_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
+    texts: list[str] = []
+    codes: list[tuple[str, str]] = []
+    if concept is None:
+        return texts, codes
+    if getattr(concept, "text", None):
+        texts.append(concept.text)
+    for coding in getattr(concept, "coding", None) or ():
+        if coding.display:
+            texts.append(coding.display)
+        if coding.code:
+            codes.append((coding.system or "", coding.code))
+    return texts, codes
+
+
+def concept_in(concept: Any, valueset: vs.ValueSet) -> bool:
+    texts, codes = _texts_codes(concept)
+    return any(vs.coding_in(valueset, s, c) for s, c in codes) or any(vs.text_in(valueset, t) for t in texts)
+
+
+def concept_label(concept: Any) -> str:
+    texts, codes = _texts_codes(concept)
+    if texts:
+        return texts[0]
+    return codes[0][1] if codes else "(uncoded)"
+
+
+def _label(model: Any, read: ReadResult) -> str:
+    rid = read.raw_id(model) or getattr(model, "id", None)
+    return f"{model.get_resource_type()}/{bare_id(rid)}" if rid else f"{model.get_resource_type()} (no id)"
+
+
+def _code_of(status: Any) -> str | None:
+    """A code from a string, an enum or a CodeableConcept's first coding."""
+    if status is None:
+        return None
+    if isinstance(status, str):
+        return status
+    for coding in getattr(status, "coding", None) or ():
+        if coding.code:
+            return coding.code
+    return None
+
+
+def observation_date(obs: Any) -> date | None:
+    for value in (obs.effectiveDateTime, getattr(obs.effectivePeriod, "start", None), obs.effectiveInstant, obs.issued):
+        d = as_date(value)
+        if d is not None:
+            return d
+    return None
+
+
+def _quantity(obs: Any) -> tuple[str | None, float, str | None] | None:
+    """(comparator, value, unit) from valueQuantity or a numeric valueString."""
+    q = obs.valueQuantity
+    if q is not None and q.value is not None:
+        unit = q.code if q.system == vs.UCUM and q.code else (q.unit or q.code)
+        comparator = q.comparator if q.comparator in COMPARATORS else None
+        return comparator, float(q.value), unit
+    if obs.valueString:
+        return parse_value_string(obs.valueString)
+    return None
+
+
+def _ref_range(obs: Any, convert) -> tuple[float | None, float | None]:
+    for rr in obs.referenceRange or ():
+        low = high = None
+        if rr.low is not None and rr.low.value is not None:
+            low = convert(float(rr.low.value), rr.low.code if rr.low.system == vs.UCUM and rr.low.code else (rr.low.unit or rr.low.code))
+        if rr.high is not None and rr.high.value is not None:
+            high = convert(float(rr.high.value), rr.high.code if rr.high.system == vs.UCUM and rr.high.code else (rr.high.unit or rr.high.code))
+        if low is not None or high is not None:
+            return low, high
+    return None, None
+
+
+def _flags(obs: Any) -> frozenset[str]:
+    out = set()
+    for concept in obs.interpretation or ():
+        for coding in concept.coding or ():
+            if coding.code:
+                out.add(coding.code.upper() if len(coding.code) <= 2 else coding.code)
+        if concept.text and concept.text.strip().lower() in ("low", "l"):
+            out.add("L")
+    return frozenset(out)
+
+
+# ------------------------------------------------------------------ classification of observations
+
+
+def classify_observation(obs: Any) -> str | None:
+    """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
+    texts, codes = _texts_codes(obs.code)
+    loinc = {c for s, c in codes if s in (vs.LOINC, "")}
+    if loinc & vs.LOINC_IGG_CSF:
+        return None
+    if loinc & vs.LOINC_IGM:
+        return "IgM"
+    if loinc & vs.LOINC_IGG:
+        return "IgG"
+    if loinc & vs.LOINC_IGA:
+        return "IgA"
+    if loinc & vs.LOINC_IGG_SUBCLASSES:
+        return None
+    if loinc & vs.LOINC_CD19:
+        return "CD19"
+    if loinc & vs.LOINC_CD4:
+        return "CD4"
+    if loinc & vs.LOINC_CD8:
+        return "CD8"
+    if loinc & vs.LOINC_CD3:
+        return "CD3"
+    if loinc & vs.LOINC_BODY_WEIGHT:
+        return "weight"
+    text = " ".join(texts)
+    if not text:
+        return None
+    if vs.TEXT_PNEUMOCOCCAL.search(text):
+        return "titer"
+    if vs.TEXT_MEMORY_B.search(text):
+        return "memory B"
+    if vs.TEXT_CD19.search(text):
+        return "CD19"
+    if vs.TEXT_CD4.search(text) and not vs.TEXT_CD8.search(text):
+        return "CD4"
+    if vs.TEXT_CD8.search(text) and not vs.TEXT_CD4.search(text):
+        return "CD8"
+    if vs.TEXT_IGG_CSF.search(text) or vs.TEXT_IGG_SUBCLASS.search(text) or vs.TEXT_NOT_TOTAL_IG.search(text):
+        return None
+    if vs.TEXT_IGM.search(text):
+        return "IgM"
+    if vs.TEXT_IGG.search(text):
+        return "IgG"
+    if vs.TEXT_IGA.search(text):
+        return "IgA"
+    if vs.TEXT_BODY_WEIGHT.search(text):
+        return "weight"
+    return None
+
+
+def serotype_of(obs: Any) -> str | None:
+    texts, _ = _texts_codes(obs.code)
+    valid = {s.upper() for s in vs.PPSV23_SEROTYPES}
+    for text in texts:
+        for match in vs.SEROTYPE_PATTERN.finditer(text):
+            candidate = match.group(1).upper()
+            if candidate in valid:
+                return candidate
+    return None
+
+
+# ------------------------------------------------------------------ IVIG history
+
+
+def _medication_concepts(resource: Any, medications: Mapping[str, Any]) -> list[Any]:
+    """The product concept(s) of a medication use: inline, contained, or a referenced Medication."""
+    concepts = []
+    if getattr(resource, "medicationCodeableConcept", None) is not None:
+        concepts.append(resource.medicationCodeableConcept)
+    ref = getattr(resource, "medicationReference", None)
+    if ref is not None:
+        if ref.display:
+            concepts.append(type("C", (), {"text": ref.display, "coding": None})())
+        target = (ref.reference or "")
+        if target.startswith("#"):
+            for contained in getattr(resource, "contained", None) or ():
+                if getattr(contained, "id", None) == target[1:] and contained.get_resource_type() == "Medication":
+                    concepts.append(contained.code)
+        else:
+            med = medications.get(bare_id(target) or "")
+            if med is not None:
+                concepts.append(med.code)
+    return [c for c in concepts if c is not None]
+
+
+def is_immune_globulin(concepts: Iterable[Any]) -> bool:
+    """IgG replacement product by HCPCS or text/brand; hyperimmune globulins (anti-D, HBIG...) excluded."""
+    found = False
+    for concept in concepts:
+        texts, codes = _texts_codes(concept)
+        joined = " ".join(texts)
+        if joined and vs.TEXT_NOT_REPLACEMENT_GLOBULIN.search(joined):
+            return False
+        if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes):
+            found = True
+        elif joined and vs.TEXT_IMMUNE_GLOBULIN.search(joined):
+            found = True
+    return found
+
+
+def is_subcutaneous(concepts: Iterable[Any]) -> bool:
+    for concept in concepts:
+        texts, codes = _texts_codes(concept)
+        if any(c in vs.SUBCUTANEOUS_HCPCS for _, c in codes):
+            return True
+        if any(vs.TEXT_SUBCUTANEOUS.search(t) for t in texts):
+            return True
+    return False
+
+
+def medications_by_id(read: ReadResult) -> dict[str, Any]:
+    out = {}
+    for med in read.of("Medication"):
+        rid = read.raw_id(med) or med.id
+        if rid:
+            out[bare_id(rid) or rid] = med
+    return out
+
+
+_DONE = frozenset({"completed", "in-progress", "on-hold"})
+
+
+def extract_ivig_history(read: ReadResult, today: date, config: GuidelineConfig,
+                         exclude: frozenset[str] = frozenset()) -> IvigHistory:
+    """Doses from MedicationAdministration, MedicationStatement/Dispense, completed/active
+    MedicationRequests (dated by authoredOn) and Procedures; drafts being signed are excluded."""
+    meds = medications_by_id(read)
+    doses: list[IvigDose] = []
+    active = False
+    for res_type in ("MedicationAdministration", "MedicationRequest", "MedicationStatement", "MedicationDispense"):
+        for res in read.of(res_type):
+            label = _label(res, read)
+            if label in exclude:
+                continue
+            concepts = _medication_concepts(res, meds)
+            if not is_immune_globulin(concepts):
+                continue
+            status = _code_of(res.status)
+            sc = is_subcutaneous(concepts)
+            when: date | None = None
+            if res_type == "MedicationAdministration":
+                if status not in _DONE:
+                    continue
+                when = as_date(res.effectiveDateTime) or as_date(getattr(res.effectivePeriod, "start", None))
+            elif res_type == "MedicationRequest":
+                if status == "active":
+                    active = True
+                if status not in ("active", "completed"):
+                    continue
+                when = as_date(res.authoredOn)
+            elif res_type == "MedicationStatement":
+                if status == "active":
+                    active = True
+                if status not in ("active", "completed", "intended"):
+                    continue
+                when = as_date(res.effectiveDateTime) or as_date(getattr(res.effectivePeriod, "start", None))
+            else:
+                if status != "completed":
+                    continue
+                when = as_date(res.whenHandedOver)
+            if when is not None and when <= today:
+                doses.append(IvigDose(when, label, sc))
+    for proc in read.of("Procedure"):
+        if _code_of(proc.status) != "completed":
+            continue
+        when = as_date(proc.performedDateTime) or as_date(getattr(proc.performedPeriod, "start", None))
+        if when is not None and when <= today:
+            doses.append(IvigDose(when, _label(proc, read)))
+    doses.sort(key=lambda d: d.when)
+    last = doses[-1].when if doses else None
+    on_treatment = active or (last is not None and (today - last).days <= config.on_treatment_days)
+    return IvigHistory(tuple(doses), active, on_treatment)
+
+
+def confounding_dose(when: date, doses: tuple[IvigDose, ...], months: int) -> date | None:
+    """The IVIG dose a result drawn on ``when`` comes after (within ``months``), if any.
+
+    A result on the day of an infusion counts as drawn before it (a trough).
+    """
+    for dose in reversed(doses):
+        if dose.when < when <= add_months(dose.when, months):
+            return dose.when
+    return None
+
+
+# ------------------------------------------------------------------ labs
+
+
+def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineConfig, doses,
+                problems: list[str], convert=to_mg_dl, unit: str = "mg/dL") -> list[LabValue]:
+    stale_before = add_months(today, -config.stale_lab_months)
+    out: list[LabValue] = []
+    for obs in read.of("Observation"):
+        if classify_observation(obs) != analyte:
+            continue
+        label = _label(obs, read)
+        status = _code_of(obs.status)
+        if status not in FINAL_STATUSES:
+            if status not in ("entered-in-error", "cancelled"):
+                problems.append(f"{analyte} result {label} is {status or 'without status'}, not final — not used")
+            continue
+        when = observation_date(obs)
+        if when is None:
+            problems.append(f"{analyte} result {label} has no date — not used")
+            continue
+        if when > today:
+            problems.append(f"{analyte} result {label} is dated in the future ({fmt_date(when)}) — not used")
+            continue
+        q = _quantity(obs)
+        if q is None:
+            problems.append(f"{analyte} result of {fmt_date(when)} has no numeric value — not used")
+            continue
+        comparator, value, raw_unit = q
+        normalised = convert(value, raw_unit)
+        if normalised is None:
+            problems.append(
+                f"{analyte} result of {fmt_date(when)} has unit '{raw_unit or 'none'}', which is not known — "
+                f"treated as missing")
+            continue
+        low, high = _ref_range(obs, convert)
+        out.append(LabValue(
+            analyte=analyte,
+            measured=Measured(normalised, comparator),
+            unit=unit,
+            when=when,
+            resource=label,
+            ref_low=low,
+            ref_high=high,
+            flags=_flags(obs),
+            stale=when < stale_before,
+            confounded_by=confounding_dose(when, doses, config.ivig_confounding_months) if doses else None,
+            original=f"{comparator or ''}{value:g} {raw_unit or ''}".strip(),
+        ))
+    out.sort(key=lambda v: v.when)
+    return out
+
+
+def _level(value: LabValue, threshold: float, child: bool, age_known: bool,
+           use_range_for_adults: bool = False) -> tuple[Level, str]:
+    """Low or not, and why: adults by threshold; children by the lab's range, else its L/N flag."""
+    if child or use_range_for_adults or not age_known:
+        if value.ref_low is not None:
+            below = value.measured.certainly_below(value.ref_low)
+            if below is None:
+                return Level.UNKNOWN, f"reported as {value.measured.display(value.unit)}: cannot tell against the lab's lower limit {value.ref_low:g} {value.unit}"
+            rng = f"{value.ref_low:g}–{value.ref_high:g}" if value.ref_high is not None else f">= {value.ref_low:g}"
+            return (Level.LOW, f"below the lab's range {rng} {value.unit}") if below else (Level.NORMAL, f"within or above the lab's range {rng} {value.unit}")
+        if value.flags & LOW_FLAGS:
+            return Level.LOW, "flagged low by the lab"
+        if value.flags & NORMAL_FLAGS:
+            return Level.NORMAL, "flagged normal/high by the lab"
+        if child:
+            return Level.UNKNOWN, "child without an age-specific reference range or lab flag"
+    below = value.measured.certainly_below(threshold)
+    if below is None:
+        return Level.UNKNOWN, f"reported as {value.measured.display(value.unit)}: cannot tell against {threshold:g} {value.unit}"
+    return (Level.LOW, f"below {threshold:g} {value.unit}") if below else (Level.NORMAL, f"not below {threshold:g} {value.unit}")
+
+
+def _analyte(name: str, values: list[LabValue], threshold: float, facts_age: float | None, config: GuidelineConfig,
+             ivig: IvigHistory, problems: list[str], range_for_adults: bool = False) -> Analyte:
+    """Pick the deciding result: the latest that is neither stale nor drawn after IVIG.
+
+    On treatment, a result from before the first dose stays usable whatever its age: it is the
+    only diagnostic baseline there can be, and it cannot be repeated without stopping IVIG.
+    """
+    if not values:
+        return Analyte(name, (), status="missing", problems=tuple(problems))
+    baseline_ok = ivig.on_treatment and ivig.first_dose is not None
+    usable = [v for v in values if not v.confounded
+              and (not v.stale or (baseline_ok and v.when <= ivig.first_dose))]
+    child = facts_age is not None and facts_age < config.adult_age_years
+    if not usable:
+        latest = values[-1]
+        if latest.confounded:
+            status = "confounded"
+            problems.append(
+                f"{name} {latest.show()} was drawn {(latest.when - latest.confounded_by).days} days after IVIG/SCIG "
+                f"of {fmt_date(latest.confounded_by)} — not interpretable")
+        else:
+            status = "stale"
+            problems.append(f"{name} {latest.show()} is older than {config.stale_lab_months} months — treated as missing")
+        return Analyte(name, tuple(values), None, Level.UNKNOWN, "", status, tuple(problems))
+    deciding = usable[-1]
+    level, basis = _level(deciding, threshold, child, facts_age is not None, range_for_adults)
+    status = "ok" if level is not Level.UNKNOWN else "indeterminate"
+    if status == "indeterminate":
+        problems.append(f"{name} {deciding.show()}: {basis}")
+    return Analyte(name, tuple(values), deciding, level, basis, status, tuple(problems))
+
+
+# ------------------------------------------------------------------ pneumococcal response
+
+
+def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, problems: list[str]) -> list[Titer]:
+    out: list[Titer] = []
+    for obs in read.of("Observation"):
+        if classify_observation(obs) != "titer":
+            continue
+        status = _code_of(obs.status)
+        if status not in FINAL_STATUSES:
+            continue
+        serotype = serotype_of(obs)
+        when = observation_date(obs)
+        if serotype is None or when is None or when > today:
+            if serotype is None and when is not None and obs.valueQuantity is not None:
+                problems.append(f"pneumococcal result of {fmt_date(when)} names no PPSV23 serotype — not used")
+            continue
+        q = _quantity(obs)
+        if q is None:
+            continue
+        comparator, value, unit = q
+        normalised = to_ug_ml(value, unit)
+        if normalised is None:
+            problems.append(f"pneumococcal titer (serotype {serotype}, {fmt_date(when)}) has unit "
+                            f"'{unit or 'none'}', which is not known — treated as missing")
+            continue
+        out.append(Titer(serotype, Measured(normalised, comparator), when, _label(obs, read),
+                         confounding_dose(when, doses, config.ivig_confounding_months) if doses else None))
+    return out
+
+
+def _latest_per_serotype(titers: Iterable[Titer]) -> tuple[Titer, ...]:
+    best: dict[str, Titer] = {}
+    for t in titers:
+        if t.serotype not in best or t.when > best[t.serotype].when:
+            best[t.serotype] = t
+    return tuple(sorted(best.values(), key=lambda t: vs.PPSV23_SEROTYPES.index(t.serotype)))
+
+
+def _ppsv23_dates(read: ReadResult, today: date) -> list[date]:
+    out = []
+    for imm in read.of("Immunization"):
+        if _code_of(imm.status) != "completed":
+            continue
+        texts, codes = _texts_codes(imm.vaccineCode)
+        if not (any(s == vs.CVX and c in vs.CVX_PPSV23 for s, c in codes) or any(vs.text_in(vs.VACCINES, t) for t in texts)):
+            continue
+        when = as_date(imm.occurrenceDateTime)
+        if when is not None and when <= today:
+            out.append(when)
+    return sorted(out)
+
+
+def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig, birth_date: date | None,
+                         doses: tuple[IvigDose, ...]) -> PneumococcalResponse:
+    problems: list[str] = []
+    titers = _titers(read, today, config, doses, problems)
+    vaccinations = _ppsv23_dates(read, today)
+    if not vaccinations:
+        if titers:
+            problems.append("pneumococcal titers are on record but no PPSV23 vaccination (CVX 33) to tell pre from post")
+        return PneumococcalResponse("not-tested", problems=tuple(problems))
+    # the most recent vaccination that has titers in its post window, else the most recent one
+    chosen = vaccinations[-1]
+    for vaccination in reversed(vaccinations):
+        if any(config.post_titer_min_days <= (t.when - vaccination).days <= config.post_titer_max_days for t in titers):
+            chosen = vaccination
+            break
+    previous = [v for v in vaccinations if v < chosen]
+    pre_floor = previous[-1] if previous else date.min
+    pre = _latest_per_serotype(t for t in titers if pre_floor < t.when <= chosen)
+    post_all = [t for t in titers if config.post_titer_min_days <= (t.when - chosen).days <= config.post_titer_max_days]
+    early = [t for t in titers if 0 < (t.when - chosen).days < config.post_titer_min_days]
+    if early and not post_all:
+        problems.append(f"titers drawn {min((t.when - chosen).days for t in early)} days after PPSV23 are too early "
+                        f"for a response ({config.post_titer_min_days}–{config.post_titer_max_days} days)")
+    post = _latest_per_serotype(post_all)
+    age_at_test = age_years(birth_date, post[-1].when) if (birth_date and post) else None
+    required = (config.ppsv23_protective_fraction_young_child
+                if age_at_test is not None and age_at_test < config.young_child_age_years
+                else config.ppsv23_protective_fraction)
+    base = dict(vaccination=chosen, pre=pre, post=post, required_fraction=required)
+    if not post:
+        late = [t for t in titers if (t.when - chosen).days > config.post_titer_max_days]
+        if late:
+            problems.append(f"titers after PPSV23 of {fmt_date(chosen)} were drawn later than "
+                            f"{config.post_titer_max_days} days — not a post-vaccination response")
+        return PneumococcalResponse("no-post-titers", **base, problems=tuple(problems))
+    confounded = [t for t in post if t.confounded_by is not None]
+    if confounded:
+        problems.append(f"post-vaccination titers were drawn within {config.ivig_confounding_months} months after "
+                        f"IVIG/SCIG of {fmt_date(confounded[0].confounded_by)} — they reflect donor antibody, not the patient's")
+        return PneumococcalResponse("confounded", **base, problems=tuple(problems))
+    stale_before = add_months(today, -config.stale_lab_months)
+    if max(t.when for t in post) < stale_before:
+        problems.append(f"post-vaccination titers are older than {config.stale_lab_months} months — treated as missing")
+        return PneumococcalResponse("stale", **base, problems=tuple(problems))
+    protective = sum(1 for t in post if t.measured.certainly_at_least(config.titer_protective_ug_ml))
+    tested = len(post)
+    fraction = protective / tested
+    if fraction < required:
+        return PneumococcalResponse("impaired", **base, protective=protective, tested=tested, problems=tuple(problems))
+    if not pre:
+        problems.append("pre-vaccination titers are missing: protective post titers may reflect earlier exposure")
+        return PneumococcalResponse("no-pre-titers", **base, protective=protective, tested=tested, problems=tuple(problems))
+    return PneumococcalResponse("adequate", **base, protective=protective, tested=tested, problems=tuple(problems))
+
+
+# ------------------------------------------------------------------ infections
+
+
+@dataclass
+class _Event:
+    when: date
+    label: str
+    severe: bool
+    life_threatening: bool
+    encapsulated: bool
+    hospitalised: bool
+    sources: list[str]
+
+
+def _condition_date(cond: Any) -> date | None:
+    for value in (cond.onsetDateTime, getattr(cond.onsetPeriod, "start", None), cond.recordedDate):
+        d = as_date(value)
+        if d is not None:
+            return d
+    return None
+
+
+def _is_infection(concept: Any) -> tuple[bool, bool, bool, bool]:
+    """(infection, severe, life-threatening, encapsulated) from codes and text."""
+    severe = concept_in(concept, vs.SEVERE_INFECTIONS)
+    life = concept_in(concept, vs.LIFE_THREATENING_INFECTIONS)
+    minor = concept_in(concept, vs.MINOR_INFECTIONS)
+    encapsulated = concept_in(concept, vs.ENCAPSULATED_ORGANISM_INFECTIONS)
+    return (severe or life or minor), (severe or life), life, encapsulated and (severe or life or minor)
+
+
+def _encounter_flags(enc: Any) -> tuple[bool, bool]:
+    """(inpatient, intensive care)."""
+    cls = enc.class_fhir
+    codes = {getattr(cls, "code", None), getattr(cls, "display", None)}
+    inpatient = bool(codes & vs.INPATIENT_CLASSES)
+    texts: list[str] = []
+    for concept in list(enc.type or ()) + ([enc.serviceType] if enc.serviceType else []):
+        t, c = _texts_codes(concept)
+        texts += t
+        if any(code in vs.SNOMED_INTENSIVE_CARE for _, code in c):
+            return True, True
+    for loc in enc.location or ():
+        if loc.location is not None and loc.location.display:
+            texts.append(loc.location.display)
+    joined = " ".join(texts)
+    if vs.TEXT_INPATIENT.search(joined):
+        inpatient = True
+    icu = bool(vs.TEXT_INTENSIVE_CARE.search(joined)) or any(v and vs.TEXT_INTENSIVE_CARE.search(str(v)) for v in codes)
+    return inpatient or icu, icu
+
+
+def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, clinical_dates: Iterable[date],
+                       unavailable: Mapping[str, str], anchor: date | None = None) -> InfectionHistory:
+    """Infection episodes from ``anchor`` - window to today (``anchor`` = today, or the first IVIG
+    dose for a patient on treatment: the infections that made the indication came before it)."""
+    window_start = add_months(min(anchor or today, today), -config.infection_window_months)
+    problems: list[str] = []
+    events: list[_Event] = []
+    condition_by_id: dict[str, Any] = {}
+    for cond in read.of("Condition"):
+        rid = read.raw_id(cond) or cond.id
+        if rid:
+            condition_by_id[bare_id(rid) or rid] = cond
+    hospital_encounters: dict[str, tuple[date, bool]] = {}
+    for enc in read.of("Encounter"):
+        if _code_of(enc.status) in ("cancelled", "entered-in-error", "planned"):
+            continue
+        start = as_date(getattr(enc.period, "start", None))
+        if start is None or start > today:
+            continue
+        inpatient, icu = _encounter_flags(enc)
+        rid = bare_id(read.raw_id(enc) or enc.id or "")
+        if inpatient and rid:
+            hospital_encounters[rid] = (start, icu)
+        if start < window_start:
+            continue
+        reasons = list(enc.reasonCode or ())
+        for diag in enc.diagnosis or ():
+            target = condition_by_id.get(bare_id(getattr(diag.condition, "reference", None)) or "")
+            if target is not None:
+                reasons.append(target.code)
+        for ref in enc.reasonReference or ():
+            target = condition_by_id.get(bare_id(ref.reference) or "")
+            if target is not None:
+                reasons.append(target.code)
+        infection = [(c, _is_infection(c)) for c in reasons if c is not None]
+        infection = [(c, flags) for c, flags in infection if flags[0]]
+        if infection and inpatient:
+            concept, (_, severe, life, encapsulated) = infection[0]
+            events.append(_Event(start, concept_label(concept), True, life or icu,
+                                 any(f[3] for _, f in infection), True, [_label(enc, read)]))
+    for cond in read.of("Condition"):
+        verification = _code_of(cond.verificationStatus)
+        if verification in ("refuted", "entered-in-error"):
+            continue
+        when = _condition_date(cond)
+        if when is None or when > today or when < window_start:
+            continue
+        infection, severe, life, encapsulated = _is_infection(cond.code)
+        if not infection:
+            continue
+        hospitalised = False
+        enc_ref = bare_id(getattr(cond.encounter, "reference", None)) if cond.encounter else None
+        if enc_ref and enc_ref in hospital_encounters:
+            hospitalised = True
+            life = life or hospital_encounters[enc_ref][1]
+        events.append(_Event(when, concept_label(cond.code), severe or hospitalised, life, encapsulated,
+                             hospitalised, [_label(cond, read)]))
+    episodes = _merge(events, config.infection_episode_merge_days)
+    missing_keys = [k for k in ("conditions", "encounters") if k in unavailable]
+    clinical_dates = list(clinical_dates)
+    known = any(window_start <= d <= today for d in clinical_dates) or bool(episodes)
+    if missing_keys and not episodes:
+        known = False
+        problems.append("infection history unavailable (" + "; ".join(f"{k}: {unavailable[k]}" for k in missing_keys) + ")")
+    elif not known:
+        problems.append(f"no clinical data in the last {config.infection_window_months} months: infection history unknown")
+    return InfectionHistory(known, window_start, tuple(episodes), tuple(problems))
+
+
+def _merge(events: list[_Event], merge_days: int) -> list[Infection]:
+    """Records of one illness (its Condition, its admission) become one episode."""
+    events.sort(key=lambda e: e.when)
+    merged: list[_Event] = []
+    for ev in events:
+        last = merged[-1] if merged else None
+        if last is not None and (ev.when - last.when).days <= merge_days:
+            last.severe |= ev.severe
+            last.life_threatening |= ev.life_threatening
+            last.encapsulated |= ev.encapsulated
+            last.hospitalised |= ev.hospitalised
+            last.sources.extend(ev.sources)
+            if ev.severe and not last.severe:
+                last.label = ev.label
+            continue
+        merged.append(_Event(ev.when, ev.label, ev.severe, ev.life_threatening, ev.encapsulated, ev.hospitalised,
+                             list(ev.sources)))
+    return [Infection(e.when, e.label, e.severe, e.life_threatening, e.encapsulated, e.hospitalised, tuple(e.sources))
+            for e in merged]
+
+
+# ------------------------------------------------------------------ the rest
+
+
+def _subsets(read: ReadResult, today: date, config: GuidelineConfig) -> frozenset[str]:
+    stale_before = add_months(today, -config.stale_lab_months)
+    present = set()
+    for obs in read.of("Observation"):
+        kind = classify_observation(obs)
+        if kind not in ("CD19", "CD4", "CD8", "CD3", "memory B"):
+            continue
+        if _code_of(obs.status) not in FINAL_STATUSES:
+            continue
+        when = observation_date(obs)
+        if when is not None and stale_before <= when <= today:
+            present.add(kind)
+    return frozenset(present)
+
+
+REQUIRED_SUBSETS = ("CD19", "CD4", "CD8")
+
+
+def _weight(read: ReadResult, today: date, config: GuidelineConfig, problems: list[str]) -> LabValue | None:
+    values = _lab_values(read, "weight", today, config, (), problems, convert=to_kg, unit="kg")
+    if not values:
+        return None
+    latest = values[-1]
+    if latest.when < add_months(today, -config.weight_stale_months):
+        problems.append(f"latest body weight {latest.show()} is older than {config.weight_stale_months} months — not used")
+        return None
+    return latest
+
+
+def _diagnoses(read: ReadResult, today: date) -> tuple[str | None, tuple[str, ...]]:
+    hyper = None
+    other: list[str] = []
+    for cond in read.of("Condition"):
+        if _code_of(cond.verificationStatus) in ("refuted", "entered-in-error"):
+            continue
+        clinical = _code_of(cond.clinicalStatus)
+        if concept_in(cond.code, vs.HYPER_IGM_DIAGNOSES):
+            hyper = concept_label(cond.code)
+        if clinical in (None, "active", "recurrence", "relapse") and concept_in(cond.code, vs.OTHER_IVIG_INDICATIONS):
+            other.append(concept_label(cond.code))
+    return hyper, tuple(dict.fromkeys(other))
+
+
+def extract_facts(read: ReadResult, today: date, config: GuidelineConfig, *,
+                  clinical_dates: Iterable[date] = (), unavailable: Mapping[str, str] | None = None,
+                  exclude_orders: frozenset[str] = frozenset()) -> Facts:
+    """All facts for one patient as of ``today``.
+
+    ``clinical_dates``: dates of any clinical data in the record (for "no infections" vs
+    "infection history unknown"); ``exclude_orders``: labels of the draft orders being signed,
+    which are not history.
+    """
+    unavailable = dict(unavailable or {})
+    patients = read.of("Patient")
+    birth = as_date(patients[0].birthDate) if patients else None
+    age = age_years(birth, today) if birth else None
+    ivig = extract_ivig_history(read, today, config, exclude_orders)
+    problems: list[str] = []
+    igm_p: list[str] = []
+    igg_p: list[str] = []
+    iga_p: list[str] = []
+    igm_vals = _lab_values(read, "IgM", today, config, ivig.doses, igm_p)
+    igg_vals = _lab_values(read, "IgG", today, config, ivig.doses, igg_p)
+    iga_vals = _lab_values(read, "IgA", today, config, ivig.doses, iga_p)
+    igm = _analyte("IgM", igm_vals, config.igm_low_mg_dl, age, config, ivig, igm_p)
+    igg = _analyte("IgG", igg_vals, config.igg_deficient_mg_dl, age, config, ivig, igg_p)
+    iga = _analyte("IgA", iga_vals, config.iga_low_mg_dl, age, config, ivig, iga_p, range_for_adults=True)
+    trough = None
+    if ivig.on_treatment and ivig.first_dose is not None:
+        after = [v for v in igg_vals if v.when >= ivig.first_dose]
+        trough = after[-1] if after else None
+    pneumo = extract_pneumococcal(read, today, config, birth, ivig.doses)
+    anchor = ivig.first_dose if ivig.on_treatment else None
+    infections = extract_infections(read, today, config, clinical_dates, unavailable, anchor)
+    subsets = _subsets(read, today, config)
+    weight = _weight(read, today, config, problems)
+    hyper, other = _diagnoses(read, today)
+    if not patients and "patient" not in unavailable:
+        problems.append("no Patient resource: age unknown, adult thresholds used where the lab gives no range")
+    for key, reason in unavailable.items():
+        if key not in ("conditions", "encounters"):
+            problems.append(f"{key}: {reason}")
+    return Facts(
+        today=today,
+        birth_date=birth,
+        age=age,
+        igm=igm,
+        igg=igg,
+        iga=iga,
+        pneumococcal=pneumo,
+        infections=infections,
+        ivig=ivig,
+        trough=trough,
+        weight=weight,
+        lymphocyte_subsets=subsets,
+        lymphocyte_subsets_missing=tuple(s for s in REQUIRED_SUBSETS if s not in subsets),
+        hyper_igm_diagnosis=hyper,
+        other_indications=other,
+        data_problems=tuple(problems + [*read_problems(read)]),
+        unavailable=unavailable,
+    )
+
+
+def read_problems(read: ReadResult) -> list[str]:
+    return [f"{s.resource}: {s.reason}" for s in read.skipped]

@@ -1,0 +1,607 @@
+"""The guideline's decision rules: one pure function per branch of criteria.md, in its order.
+
+Each rule reads ``Facts`` and the ``GuidelineConfig`` and returns an ``Assessment`` (it applies,
+with the facts that decided) or ``NotApplicable`` (and why not, for the trace). The registry
+(``DECISION_RULES``, ``MONITORING_RULES``, ``ORDER_RULES``) is the single list the engine runs
+and ``ivig-cds explain`` documents: a rule exists for the service only if it is registered here,
+with its guideline branch, its topics and its literature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from hooks.assessment import Assessment, Evidence, NotApplicable, RuleResult, Topic, Verdict
+from hooks.config import GuidelineConfig
+from hooks.dates import add_months, fmt_date
+from hooks.facts import Analyte, Facts, Infection, LabValue
+from hooks.references import REFERENCES
+
+PV, OS = "patient-view", "order-sign"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule and what a review committee needs to know about it."""
+
+    name: str
+    func: Callable[..., RuleResult]
+    kind: str  # "decision", "monitoring", "workup" or "order"
+    branch: str
+    checks: str
+    reads: tuple[str, ...]
+    thresholds: tuple[str, ...]
+    topics: Mapping[str, tuple[Topic, ...]]
+    references: tuple[str, ...]
+
+
+DECISION_RULES: list[RuleSpec] = []
+MONITORING_RULES: list[RuleSpec] = []
+WORKUP_RULES: list[RuleSpec] = []
+ORDER_RULES: list[RuleSpec] = []
+_REGISTRIES = {"decision": DECISION_RULES, "monitoring": MONITORING_RULES, "workup": WORKUP_RULES,
+               "order": ORDER_RULES}
+
+
+def rule(*, kind: str, branch: str, checks: str, reads: tuple[str, ...], thresholds: tuple[str, ...] = (),
+         topics: Mapping[str, tuple[Topic, ...]], references: tuple[str, ...]):
+    """Register a rule in evaluation order (the order of definition in this module)."""
+
+    def register(func: Callable[..., RuleResult]) -> Callable[..., RuleResult]:
+        _REGISTRIES[kind].append(RuleSpec(func.__name__, func, kind, branch, checks, reads, thresholds,
+                                          dict(topics), references))
+        return func
+
+    return register
+
+
+# ------------------------------------------------------------------ evidence wording
+
+
+def _lab_evidence(analyte: Analyte, label: str | None = None) -> Evidence:
+    value = analyte.deciding or analyte.latest
+    if value is None:
+        return Evidence(label or analyte.name, "not on record")
+    note = analyte.basis if analyte.deciding is value else analyte.status
+    return Evidence(label or analyte.name, value.measured.display(value.unit), fmt_date(value.when), note)
+
+
+def _igg_evidence(facts: Facts, cfg: GuidelineConfig) -> Evidence:
+    ev = _lab_evidence(facts.igg)
+    if is_borderline_igg(facts, cfg):
+        return Evidence(ev.fact, ev.value, ev.date,
+                        f"borderline ({cfg.igg_borderline_from_mg_dl:g}–{cfg.igg_deficient_mg_dl - 1:g} mg/dL), "
+                        f"counted as deficient (< {cfg.igg_deficient_mg_dl:g} mg/dL)")
+    return ev
+
+
+def _infection_evidence(episodes: tuple[Infection, ...], what: str) -> tuple[Evidence, ...]:
+    return tuple(Evidence(what, e.label, fmt_date(e.when),
+                          ("life-threatening" if e.life_threatening else "severe" if e.severe else "minor")
+                          + (", encapsulated organism" if e.encapsulated else "")
+                          + (", hospitalised" if e.hospitalised else ""))
+                 for e in episodes)
+
+
+def _pneumo_evidence(facts: Facts) -> Evidence:
+    p = facts.pneumococcal
+    when = fmt_date(max(t.when for t in p.post)) if p.post else (fmt_date(p.vaccination) if p.vaccination else "")
+    return Evidence("PPSV23 response", p.show(), when, p.status.replace("-", " "))
+
+
+def _value(v: LabValue | None) -> str:
+    return v.measured.display(v.unit) if v else "not on record"
+
+
+# ------------------------------------------------------------------ shared predicates
+
+
+def recurrent_severe(facts: Facts, cfg: GuidelineConfig) -> bool:
+    return facts.infections.known and len(facts.infections.severe) >= cfg.recurrent_severe_infection_count
+
+
+def is_borderline_igg(facts: Facts, cfg: GuidelineConfig) -> bool:
+    v = facts.igg.deciding
+    return (facts.igg.is_low and v is not None and not facts.is_child and v.measured.comparator is None
+            and cfg.igg_borderline_from_mg_dl <= v.measured.value < cfg.igg_deficient_mg_dl)
+
+
+def window_text(facts: Facts, cfg: GuidelineConfig) -> str:
+    """'in 12 months', or for a patient on IVIG 'since 12 months before IVIG started'."""
+    if facts.infections.window_start < add_months(facts.today, -cfg.infection_window_months):
+        return f"since {cfg.infection_window_months} months before IVIG started"
+    return f"in {cfg.infection_window_months} months"
+
+
+def _infection_count_text(facts: Facts, cfg: GuidelineConfig) -> str:
+    if not facts.infections.known:
+        return "infection history unknown"
+    n = len(facts.infections.severe)
+    minor = len(facts.infections.minor)
+    extra = f" and {minor} minor" if minor else ""
+    return f"{n} severe infection{'s' if n != 1 else ''}{extra} {window_text(facts, cfg)}"
+
+
+TREATMENT_PLAN = (
+    "IVIG 0.4–0.6 g/kg every 3–4 weeks",
+    "Target trough IgG >= 600–800 mg/dL, measured just before an infusion: before each infusion initially, "
+    "then every 3 months once stable; monthly during active infection",
+    "Track infection frequency as the primary outcome, not IgM",
+)
+NO_REPLACEMENT_PLAN = (
+    "No immunoglobulin replacement",
+    "Prophylactic antibiotics for recurrent non-severe respiratory infections",
+    "Prompt antimicrobial treatment of febrile illness",
+    "Re-check IgG every 6–12 months for developing IgG deficiency",
+)
+
+
+# ------------------------------------------------------------------ 1. hyper-IgM pattern
+
+
+@rule(kind="decision", branch="criteria.md Decision 1: Hyper-IgM pattern",
+      checks="low IgG and low IgA with normal or high IgM (or a documented hyper-IgM syndrome)",
+      reads=("IgG", "IgA", "IgM", "diagnoses"), thresholds=("igg_deficient_mg_dl", "iga_low_mg_dl", "igm_low_mg_dl"),
+      topics={PV: (Topic.HYPER_IGM_PATTERN,), OS: (Topic.HYPER_IGM_PATTERN,)},
+      references=("higm", "bonilla-2015"))
+def hyper_igm_pattern(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    """Pitfall #2: hyper-IgM syndrome is not selective IgM deficiency; it needs regular IVIG."""
+    advice = ("Regular IVIG replacement (0.4–0.6 g/kg every 3–4 weeks) and prophylactic antibiotics",
+              "Urgent immunology referral (CD40L / AID work-up)",
+              "Never manage as isolated IgM deficiency")
+    if facts.hyper_igm_diagnosis:
+        return Assessment("hyper_igm_pattern", Verdict.SUPPORTS, f"documented {facts.hyper_igm_diagnosis}",
+                          (Evidence("Diagnosis", facts.hyper_igm_diagnosis),), advice)
+    if not (facts.igg.is_low and facts.iga.is_low and facts.igm.is_normal):
+        return NotApplicable("hyper_igm_pattern",
+                             f"needs low IgG, low IgA and normal/high IgM (IgG {facts.igg.level if facts.igg.status == 'ok' else facts.igg.status}, "
+                             f"IgA {facts.iga.level if facts.iga.status == 'ok' else facts.iga.status}, "
+                             f"IgM {facts.igm.level if facts.igm.status == 'ok' else facts.igm.status})")
+    return Assessment(
+        "hyper_igm_pattern", Verdict.SUPPORTS,
+        f"low IgG ({_value(facts.igg.deciding)}) and IgA ({_value(facts.iga.deciding)}) with normal IgM "
+        f"({_value(facts.igm.deciding)})",
+        (_lab_evidence(facts.igg), _lab_evidence(facts.iga), _lab_evidence(facts.igm)), advice,
+        thresholds=(f"IgG < {cfg.igg_deficient_mg_dl:g} mg/dL", f"IgA < lab range or {cfg.iga_low_mg_dl:g} mg/dL",
+                    f"IgM >= {cfg.igm_low_mg_dl:g} mg/dL"))
+
+
+# ------------------------------------------------------------------ 2. confounded by recent IVIG
+
+
+@rule(kind="decision", branch="criteria.md Decision 2: Confounded",
+      checks="the IgM/IgG/titers that would decide were drawn within the confounding window after IVIG/SCIG",
+      reads=("IgM", "IgG", "PPSV23 titers", "IVIG history"), thresholds=("ivig_confounding_months",),
+      topics={PV: (Topic.LABS_CONFOUNDED_BY_IVIG,), OS: (Topic.LABS_CONFOUNDED_BY_IVIG, Topic.IVIG_NOT_INDICATED)},
+      references=("bonilla-2015", "guideline"))
+def confounded_by_recent_ivig(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    """Donor IgG masks the patient's own; IVIG has no IgM, so a low IgM after it is no indication."""
+    confounded = [a for a in (facts.igm, facts.igg) if a.status == "confounded"]
+    titers_decide = (facts.pneumococcal.status == "confounded" and recurrent_severe(facts, cfg)
+                     and not facts.igg.is_low)
+    if not confounded and not titers_decide:
+        return NotApplicable("confounded_by_recent_ivig", "no deciding result was drawn after IVIG/SCIG")
+    for other in (indicated_by_igg_deficiency, indicated_by_impaired_pneumococcal_response,
+                  consider_ivig_regardless_of_igg):
+        if isinstance(other(facts, cfg), Assessment):
+            return NotApplicable("confounded_by_recent_ivig",
+                                 f"results before IVIG decide ({other.__name__})")
+    evidence = [_lab_evidence(a) for a in confounded]
+    if titers_decide:
+        evidence.append(_pneumo_evidence(facts))
+    last = facts.ivig.last_dose
+    names = [a.name for a in confounded] + (["PPSV23 titers"] if titers_decide else [])
+    repeat_after = add_months(last, cfg.ivig_confounding_months) if last else None
+    return Assessment(
+        "confounded_by_recent_ivig", Verdict.CONFOUNDED,
+        f"{'/'.join(names)} drawn within {cfg.ivig_confounding_months} months after IVIG/SCIG",
+        (*evidence, Evidence("Last IVIG/SCIG dose", "given", fmt_date(last))),
+        ("Do not start or continue IVIG on a low IgM measured after IVIG: IVIG contains no significant IgM",
+         f"To judge the indication, use results from before the first IVIG dose, or repeat IgG/IgM/titers "
+         f"{cfg.ivig_confounding_months} months after the last dose"
+         + (f" (from {fmt_date(repeat_after)})" if repeat_after else "")),
+        thresholds=(f"within {cfg.ivig_confounding_months} months after IVIG/SCIG",))
+
+
+# ------------------------------------------------------------------ 3. indicated: IgG deficiency
+
+
+@rule(kind="decision", branch="criteria.md Decision 3: Indicated — IgG deficiency",
+      checks="IgG below the deficiency threshold with recurrent severe bacterial infections",
+      reads=("IgG", "infections"),
+      thresholds=("igg_deficient_mg_dl", "igg_borderline_from_mg_dl", "recurrent_severe_infection_count",
+                  "infection_window_months"),
+      topics={PV: (Topic.IVIG_INDICATED,), OS: (Topic.IVIG_INDICATED,)},
+      references=("bonilla-2015", "gupta-2017"))
+def indicated_by_igg_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not facts.igg.is_low:
+        return NotApplicable("indicated_by_igg_deficiency",
+                             f"IgG not deficient ({facts.igg.basis or facts.igg.status})")
+    if not recurrent_severe(facts, cfg):
+        return NotApplicable("indicated_by_igg_deficiency",
+                             f"{_infection_count_text(facts, cfg)}; {cfg.recurrent_severe_infection_count} needed")
+    borderline = " (borderline)" if is_borderline_igg(facts, cfg) else ""
+    return Assessment(
+        "indicated_by_igg_deficiency", Verdict.SUPPORTS,
+        f"IgG {_value(facts.igg.deciding)}{borderline} with {len(facts.infections.severe)} severe infections "
+        f"{window_text(facts, cfg)}",
+        (_igg_evidence(facts, cfg), *_infection_evidence(facts.infections.severe, "Severe infection"),
+         *((_lab_evidence(facts.igm),) if facts.igm.values else ())),
+        TREATMENT_PLAN,
+        thresholds=(f"IgG < {cfg.igg_deficient_mg_dl:g} mg/dL",
+                    f">= {cfg.recurrent_severe_infection_count} severe infections in {cfg.infection_window_months} months"))
+
+
+# ------------------------------------------------------------------ 4. indicated: impaired specific antibody
+
+
+@rule(kind="decision", branch="criteria.md Decision 4: Indicated — impaired specific antibody",
+      checks="impaired PPSV23 response (too few protective serotypes 4–8 weeks after vaccination) with "
+             "recurrent severe infections",
+      reads=("PPSV23 titers", "PPSV23 vaccination", "infections", "age"),
+      thresholds=("titer_protective_ug_ml", "ppsv23_protective_fraction", "ppsv23_protective_fraction_young_child",
+                  "young_child_age_years", "post_titer_min_days", "post_titer_max_days",
+                  "recurrent_severe_infection_count"),
+      topics={PV: (Topic.IVIG_INDICATED,), OS: (Topic.IVIG_INDICATED,)},
+      references=("orange-2012", "bonilla-2015", "gupta-2017"))
+def indicated_by_impaired_pneumococcal_response(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    p = facts.pneumococcal
+    if p.status != "impaired":
+        return NotApplicable("indicated_by_impaired_pneumococcal_response",
+                             f"PPSV23 response {p.status.replace('-', ' ')}")
+    if not recurrent_severe(facts, cfg):
+        return NotApplicable("indicated_by_impaired_pneumococcal_response",
+                             f"{_infection_count_text(facts, cfg)}; {cfg.recurrent_severe_infection_count} needed")
+    return Assessment(
+        "indicated_by_impaired_pneumococcal_response", Verdict.SUPPORTS,
+        f"impaired PPSV23 response ({p.protective}/{p.tested} protective) with {len(facts.infections.severe)} "
+        f"severe infections",
+        (_pneumo_evidence(facts), *_infection_evidence(facts.infections.severe, "Severe infection"),
+         _lab_evidence(facts.igm), _lab_evidence(facts.igg)),
+        TREATMENT_PLAN,
+        thresholds=(f"protective >= {cfg.titer_protective_ug_ml:g} ug/mL per serotype",
+                    f"impaired < {round(100 * (p.required_fraction or cfg.ppsv23_protective_fraction))} % protective",
+                    f">= {cfg.recurrent_severe_infection_count} severe infections in {cfg.infection_window_months} months"))
+
+
+# ------------------------------------------------------------------ 5. consider regardless of IgG
+
+
+@rule(kind="decision", branch="criteria.md Decision 5: Consider IVIG regardless of IgG",
+      checks="low IgM with a life-threatening infection, or with severe infections by encapsulated bacteria",
+      reads=("IgM", "infections"),
+      thresholds=("igm_low_mg_dl", "life_threatening_infection_count", "encapsulated_infection_count",
+                  "infection_window_months"),
+      topics={PV: (Topic.IVIG_INDICATED,), OS: (Topic.IVIG_INDICATED,)},
+      references=("orange-2012", "bonilla-2015"))
+def consider_ivig_regardless_of_igg(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not facts.igm.is_low:
+        return NotApplicable("consider_ivig_regardless_of_igg", f"IgM not low ({facts.igm.basis or facts.igm.status})")
+    life = facts.infections.life_threatening
+    encapsulated = facts.infections.severe_encapsulated
+    if len(life) >= cfg.life_threatening_infection_count:
+        why = f"life-threatening infection ({life[-1].label}, {fmt_date(life[-1].when)})"
+        shown = life
+    elif len(encapsulated) >= cfg.encapsulated_infection_count:
+        why = f"{len(encapsulated)} severe infections by encapsulated bacteria"
+        shown = encapsulated
+    else:
+        return NotApplicable("consider_ivig_regardless_of_igg",
+                             f"{len(life)} life-threatening and {len(encapsulated)} severe encapsulated-organism "
+                             f"infections in {cfg.infection_window_months} months")
+    return Assessment(
+        "consider_ivig_regardless_of_igg", Verdict.SUPPORTS, f"{why} with low IgM",
+        (_lab_evidence(facts.igm), *_infection_evidence(shown, "Infection"),
+         *((_lab_evidence(facts.igg),) if facts.igg.values else ())),
+        ("Consider IVIG regardless of the IgG level, with immunology", *TREATMENT_PLAN),
+        thresholds=(f">= {cfg.life_threatening_infection_count} life-threatening infection(s)",
+                    f"or >= {cfg.encapsulated_infection_count} severe encapsulated-organism infections"))
+
+
+# ------------------------------------------------------------------ 6. work-up incomplete
+
+
+def missing_workup(facts: Facts, cfg: GuidelineConfig) -> tuple[list[str], list[str]]:
+    """Every standard work-up item that is missing or stale: (wording, orderable keys)."""
+    items: list[str] = []
+    keys: list[str] = []
+
+    def add(text: str, key: str) -> None:
+        items.append(text)
+        if key not in keys:
+            keys.append(key)
+
+    for analyte, key in ((facts.igm, "igm"), (facts.igg, "igg")):
+        if analyte.status in ("missing", "stale", "indeterminate"):
+            add(f"{analyte.name} ({'stale' if analyte.status == 'stale' else 'not interpretable' if analyte.status == 'indeterminate' else 'not on record'})", key)
+    p = facts.pneumococcal
+    if p.status in ("not-tested", "no-post-titers", "stale"):
+        add("PPSV23 pre- and post-vaccination titers" if p.status == "not-tested"
+            else "PPSV23 post-vaccination titers (4–8 weeks after PPSV23)" if p.status == "no-post-titers"
+            else "PPSV23 titers (stale)", "ppsv23")
+    elif p.status == "no-pre-titers":
+        add("PPSV23 pre-vaccination titers", "ppsv23")
+    if not facts.infections.known:
+        add(f"infection history ({cfg.infection_window_months} months)", "infection-history")
+    if facts.lymphocyte_subsets_missing:
+        add("lymphocyte subsets (" + ", ".join(facts.lymphocyte_subsets_missing) + ", memory B cells)",
+            "lymphocyte-subsets")
+    return items, keys
+
+
+SHORT_NAMES = {"igm": "IgM", "igg": "IgG", "ppsv23": "PPSV23 titers", "infection-history": "infection history",
+               "lymphocyte-subsets": "lymphocyte subsets"}
+
+
+def short_missing(keys) -> str:
+    return ", ".join(SHORT_NAMES.get(k, k) for k in keys)
+
+
+@rule(kind="decision", branch="criteria.md Decision 6: Work-up incomplete",
+      checks="the indication cannot be judged: infection history unknown, IgG (or IgM) missing or stale, or — with "
+             "recurrent severe infections and IgG not deficient — no interpretable PPSV23 pre/post titers",
+      reads=("IgM", "IgG", "PPSV23 titers", "infections", "lymphocyte subsets"),
+      thresholds=("stale_lab_months", "infection_window_months"),
+      topics={PV: (Topic.WORKUP_INCOMPLETE,), OS: (Topic.IVIG_NOT_INDICATED, Topic.WORKUP_INCOMPLETE)},
+      references=("bonilla-2015", "orange-2012"))
+def workup_incomplete(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    """Pitfalls #1 and #3: never start IVIG on low IgM without IgG and functional antibody testing.
+
+    Titers decide only when recurrent severe infections are documented and IgG is not deficient
+    (rules 3–5 need no titers); without such infections their absence is listed, not decisive.
+    """
+    blocking: list[str] = []
+    if not facts.infections.known:
+        blocking.append("infection history unknown")
+    for analyte in (facts.igg, facts.igm):
+        if analyte.status in ("missing", "stale", "indeterminate"):
+            blocking.append(f"{analyte.name} {analyte.status}")
+    if recurrent_severe(facts, cfg) and not facts.igg.is_low and not facts.pneumococcal.judgeable:
+        blocking.append(f"PPSV23 response {facts.pneumococcal.status.replace('-', ' ')}")
+    if not blocking:
+        return NotApplicable("workup_incomplete", "IgG, IgM and infection history are known"
+                             + ("" if not recurrent_severe(facts, cfg) else ", PPSV23 response interpretable"))
+    items, keys = missing_workup(facts, cfg)
+    evidence = [_lab_evidence(a) for a in (facts.igm, facts.igg) if a.values]
+    evidence.append(Evidence("Infections", _infection_count_text(facts, cfg)))
+    return Assessment(
+        "workup_incomplete", Verdict.CANNOT_JUDGE,
+        "work-up incomplete: " + short_missing(keys) + " missing",
+        tuple(evidence),
+        ("Complete the work-up before any immunoglobulin therapy: serum IgG, PPSV23 challenge with pre- and "
+         "4–8-week post-vaccination titers, infection history, lymphocyte subsets (CD19, CD4, CD8, memory B)",
+         "Starting IVIG on a low IgM without IgG and functional antibody testing is the guideline's pitfall #1/#3"),
+        missing=tuple(items), missing_keys=tuple(keys),
+        thresholds=(f"results older than {cfg.stale_lab_months} months are stale",))
+
+
+# ------------------------------------------------------------------ 7. isolated IgM deficiency
+
+
+@rule(kind="decision", branch="criteria.md Decision 7: Isolated IgM deficiency",
+      checks="low IgM, normal IgG, pneumococcal response not impaired, no recurrent severe infections",
+      reads=("IgM", "IgG", "PPSV23 titers", "infections"),
+      thresholds=("igm_low_mg_dl", "igg_deficient_mg_dl", "recurrent_severe_infection_count"),
+      topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
+      references=("taietti-2023", "gupta-2017", "bonilla-2015"))
+def isolated_igm_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not facts.igm.is_low:
+        return NotApplicable("isolated_igm_deficiency", "IgM not low")
+    if not facts.igg.is_normal:
+        return NotApplicable("isolated_igm_deficiency", "IgG not normal")
+    if facts.pneumococcal.status == "impaired":
+        return NotApplicable("isolated_igm_deficiency", "PPSV23 response impaired")
+    if recurrent_severe(facts, cfg):
+        return NotApplicable("isolated_igm_deficiency", "recurrent severe infections")
+    return Assessment(
+        "isolated_igm_deficiency", Verdict.AGAINST,
+        f"isolated low IgM ({_value(facts.igm.deciding)}) with normal IgG",
+        (_lab_evidence(facts.igm), _lab_evidence(facts.igg), _pneumo_evidence(facts),
+         Evidence("Infections", _infection_count_text(facts, cfg)
+                  + (f", {len(facts.infections.minor)} minor" if facts.infections.minor else ""))),
+        NO_REPLACEMENT_PLAN,
+        thresholds=(f"IgM < {cfg.igm_low_mg_dl:g} mg/dL (adults)", f"IgG >= {cfg.igg_deficient_mg_dl:g} mg/dL"))
+
+
+# ------------------------------------------------------------------ 8. incidental / minor infections only
+
+
+@rule(kind="decision", branch="criteria.md Decision 8: Incidental low IgM / minor infections only",
+      checks="low IgM with no infections, or only minor upper respiratory infections, in the window",
+      reads=("IgM", "infections"), thresholds=("igm_low_mg_dl", "infection_window_months"),
+      topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
+      references=("orange-2012", "taietti-2023"))
+def incidental_low_igm(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not facts.igm.is_low:
+        return NotApplicable("incidental_low_igm", "IgM not low")
+    if facts.infections.severe:
+        return NotApplicable("incidental_low_igm", f"{len(facts.infections.severe)} severe infection(s)")
+    what = "only minor infections" if facts.infections.minor else "no infections"
+    igg_note = f", IgG {_value(facts.igg.deciding)} low" if facts.igg.is_low else ""
+    return Assessment(
+        "incidental_low_igm", Verdict.AGAINST,
+        f"low IgM ({_value(facts.igm.deciding)}) with {what}{igg_note}",
+        (_lab_evidence(facts.igm), _igg_evidence(facts, cfg),
+         *_infection_evidence(facts.infections.minor, "Minor infection"),
+         *((Evidence("Infections", f"none in {cfg.infection_window_months} months"),) if not facts.infections.minor else ())),
+        NO_REPLACEMENT_PLAN + (("Low IgG without recurrent severe infections: immunology review",) if facts.igg.is_low else ()),
+        thresholds=(f"IgM < {cfg.igm_low_mg_dl:g} mg/dL (adults)",))
+
+
+# ------------------------------------------------------------------ 9. recurrent severe infections, normal work-up
+
+
+@rule(kind="decision", branch="criteria.md Decision 9: Recurrent severe infections with a normal work-up",
+      checks="low IgM with recurrent severe infections but normal IgG and adequate PPSV23 response, "
+             "no life-threatening or encapsulated-organism criterion",
+      reads=("IgM", "IgG", "PPSV23 titers", "infections"),
+      thresholds=("recurrent_severe_infection_count", "igg_deficient_mg_dl", "ppsv23_protective_fraction"),
+      topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
+      references=("bonilla-2015", "guideline"))
+def recurrent_severe_infections_with_normal_workup(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not (facts.igm.is_low and facts.igg.is_normal and recurrent_severe(facts, cfg)):
+        return NotApplicable("recurrent_severe_infections_with_normal_workup",
+                             "needs low IgM, normal IgG and recurrent severe infections")
+    if facts.pneumococcal.status != "adequate":
+        return NotApplicable("recurrent_severe_infections_with_normal_workup",
+                             f"PPSV23 response {facts.pneumococcal.status.replace('-', ' ')}")
+    return Assessment(
+        "recurrent_severe_infections_with_normal_workup", Verdict.AGAINST,
+        f"{len(facts.infections.severe)} severe infections with normal IgG and adequate PPSV23 response",
+        (_lab_evidence(facts.igm), _lab_evidence(facts.igg), _pneumo_evidence(facts),
+         *_infection_evidence(facts.infections.severe, "Severe infection")),
+        ("No empirical IVIG: no criterion for replacement is met",
+         "Immunology review and an infection-focused evaluation (anatomy, exposures, other immune defects)",
+         *NO_REPLACEMENT_PLAN[1:]),
+        thresholds=(f"IgG >= {cfg.igg_deficient_mg_dl:g} mg/dL",
+                    f"PPSV23 >= {round(100 * (facts.pneumococcal.required_fraction or cfg.ppsv23_protective_fraction))} % protective"))
+
+
+# ------------------------------------------------------------------ 10. deficiency without the infection criterion
+
+
+@rule(kind="decision", branch="criteria.md Decisions 3–5 (their infection criterion not met)",
+      checks="low IgM, low IgG or impaired PPSV23 response, but neither recurrent severe, life-threatening nor "
+             "encapsulated-organism infections: replacement not supported",
+      reads=("IgM", "IgG", "PPSV23 titers", "infections"),
+      thresholds=("recurrent_severe_infection_count",),
+      topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
+      references=("bonilla-2015", "guideline"))
+def antibody_deficiency_without_infection_criterion(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not (facts.igm.is_low or facts.igg.is_low or facts.pneumococcal.status == "impaired"):
+        return NotApplicable("antibody_deficiency_without_infection_criterion", "no antibody deficiency")
+    parts = []
+    if facts.igm.is_low:
+        parts.append(f"IgM {_value(facts.igm.deciding)}")
+    if facts.igg.is_low:
+        parts.append(f"IgG {_value(facts.igg.deciding)}")
+    if facts.pneumococcal.status == "impaired":
+        parts.append("impaired PPSV23 response")
+    return Assessment(
+        "antibody_deficiency_without_infection_criterion", Verdict.AGAINST,
+        "low " + ", ".join(parts) + f" without recurrent severe infections ({_infection_count_text(facts, cfg)})",
+        (_lab_evidence(facts.igm), _igg_evidence(facts, cfg), _pneumo_evidence(facts),
+         *_infection_evidence(facts.infections.episodes, "Infection")),
+        ("No immunoglobulin replacement now: the infection criterion of the guideline is not met",
+         "Immunology review; re-check IgG every 6–12 months; treat infections promptly"),
+        thresholds=(f">= {cfg.recurrent_severe_infection_count} severe infections in {cfg.infection_window_months} months needed",))
+
+
+# ------------------------------------------------------------------ 11. no immunoglobulin deficiency
+
+
+@rule(kind="decision", branch="Outside the guideline's indications: no immunoglobulin deficiency",
+      checks="IgM not low and IgG normal: an immune globulin order for replacement has no basis",
+      reads=("IgM", "IgG"), thresholds=("igm_low_mg_dl", "igg_deficient_mg_dl"),
+      topics={OS: (Topic.IVIG_NOT_INDICATED,)},
+      references=("guideline", "perez-2017"))
+def no_immunoglobulin_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not (facts.igm.is_normal and facts.igg.is_normal):
+        return NotApplicable("no_immunoglobulin_deficiency", "IgM or IgG not normal")
+    return Assessment(
+        "no_immunoglobulin_deficiency", Verdict.AGAINST,
+        f"no immunoglobulin deficiency on record (IgM {_value(facts.igm.deciding)}, IgG {_value(facts.igg.deciding)})",
+        (_lab_evidence(facts.igm), _lab_evidence(facts.igg)),
+        ("No immunoglobulin replacement: IgM and IgG are normal",
+         "If IVIG is meant for another indication (ITP, Kawasaki disease, GBS, CIDP, myasthenia), state it as the "
+         "order's reason"))
+
+
+# ------------------------------------------------------------------ on treatment: trough monitoring
+
+
+def _treatment_applies(facts: Facts) -> bool:
+    return facts.ivig.on_treatment
+
+
+@rule(kind="monitoring", branch="criteria.md On treatment: trough target",
+      checks="on IVIG, the latest trough IgG is below the target",
+      reads=("IVIG history", "IgG"), thresholds=("trough_target_mg_dl", "on_treatment_days"),
+      topics={PV: (Topic.IVIG_MONITORING,), OS: (Topic.IVIG_MONITORING,)},
+      references=("bonilla-2015",))
+def trough_below_target(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not _treatment_applies(facts):
+        return NotApplicable("trough_below_target", "not on IVIG/SCIG")
+    trough = facts.trough
+    if trough is None:
+        return NotApplicable("trough_below_target", "no trough IgG since treatment started")
+    below = trough.measured.certainly_below(cfg.trough_target_mg_dl)
+    if not below:
+        return NotApplicable("trough_below_target", f"trough {trough.show()} at or above {cfg.trough_target_mg_dl:g} mg/dL")
+    return Assessment(
+        "trough_below_target", Verdict.SUPPORTS,
+        f"trough IgG {trough.measured.display(trough.unit)} ({fmt_date(trough.when)}) below target "
+        f"{cfg.trough_target_mg_dl:g} mg/dL",
+        (Evidence("Trough IgG", trough.measured.display(trough.unit), fmt_date(trough.when),
+                  f"below {cfg.trough_target_mg_dl:g} mg/dL"),
+         Evidence("Last IVIG/SCIG dose", "given", fmt_date(facts.ivig.last_dose))),
+        ("Review dose and interval (0.4–0.6 g/kg every 3–4 weeks) to reach a trough >= 600–800 mg/dL",
+         "Check for active infection (catabolism shortens IVIG half-life) and protein loss",
+         "Re-measure the trough just before the next infusion"),
+        thresholds=(f"trough target >= {cfg.trough_target_mg_dl:g} mg/dL",))
+
+
+@rule(kind="monitoring", branch="criteria.md On treatment: trough monitoring interval",
+      checks="on IVIG, no trough IgG within the monitoring interval",
+      reads=("IVIG history", "IgG"), thresholds=("trough_overdue_months", "interval_max_weeks"),
+      topics={PV: (Topic.IVIG_MONITORING,), OS: (Topic.IVIG_MONITORING,)},
+      references=("bonilla-2015",))
+def trough_overdue(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    if not _treatment_applies(facts):
+        return NotApplicable("trough_overdue", "not on IVIG/SCIG")
+    since = add_months(facts.today, -cfg.trough_overdue_months)
+    trough = facts.trough
+    if trough is not None and trough.when >= since:
+        return NotApplicable("trough_overdue", f"trough {trough.show()} within {cfg.trough_overdue_months} months")
+    first = facts.ivig.first_dose
+    if trough is None and first is not None and (facts.today - first).days <= 7 * cfg.interval_max_weeks:
+        return NotApplicable("trough_overdue", "treatment started within one dosing interval")
+    last_seen = f"last trough {trough.show()}" if trough else "no trough IgG since treatment started"
+    return Assessment(
+        "trough_overdue", Verdict.SUPPORTS,
+        f"no trough IgG in the last {cfg.trough_overdue_months} months ({last_seen})",
+        (Evidence("Trough IgG", _value(trough), fmt_date(trough.when) if trough else "",
+                  f"none since {fmt_date(since)}"),
+         Evidence("First IVIG/SCIG dose on record", "given", fmt_date(first))),
+        ("Measure trough IgG immediately before the next infusion",
+         "Then every 3 months once stable; monthly during active infection"),
+        thresholds=(f"trough at least every {cfg.trough_overdue_months} months",))
+
+
+# ------------------------------------------------------------------ work-up gaps beside the decision
+
+
+@rule(kind="workup", branch="criteria.md Facts: lymphocyte subsets; Diagnostic evaluation before treatment",
+      checks="standard work-up items missing or stale while another rule decided (their absence makes the "
+             "work-up incomplete, not the indication false)",
+      reads=("IgG", "PPSV23 titers", "infections", "lymphocyte subsets"), thresholds=("stale_lab_months",),
+      topics={PV: (Topic.WORKUP_INCOMPLETE,), OS: (Topic.WORKUP_INCOMPLETE,)},
+      references=("bonilla-2015",))
+def workup_gaps(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
+    items, keys = missing_workup(facts, cfg)
+    if not items:
+        return NotApplicable("workup_gaps", "work-up complete")
+    return Assessment(
+        "workup_gaps", Verdict.CANNOT_JUDGE, "work-up incomplete: " + short_missing(keys),
+        (), ("Complete the guideline's work-up: serum IgG, PPSV23 pre/post titers, infection history, "
+             "lymphocyte subsets (CD19, CD4, CD8, memory B cells)",),
+        missing=tuple(items), missing_keys=tuple(keys))
+
+
+def check_registry() -> list[str]:
+    """Problems with the registry itself (a rule without a reference, an unknown threshold)."""
+    from hooks.config import GuidelineConfig as _Cfg
+
+    problems = []
+    for spec in DECISION_RULES + MONITORING_RULES + WORKUP_RULES + ORDER_RULES:
+        if not spec.references or any(r not in REFERENCES for r in spec.references):
+            problems.append(f"{spec.name}: references {spec.references} not all known")
+        if not spec.branch or not spec.checks:
+            problems.append(f"{spec.name}: branch/checks undocumented")
+        for name in spec.thresholds:
+            if name not in _Cfg.model_fields:
+                problems.append(f"{spec.name}: unknown threshold {name}")
+        if not spec.topics:
+            problems.append(f"{spec.name}: no topics")
+    return problems
