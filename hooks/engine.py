@@ -98,7 +98,7 @@ class PatientEvaluation:
             ],
             "order_rules": self.order_trace,
             "facts": facts_summary(f),
-            "data_problems": list(f.data_problems),
+            "data_problems": list(f.problems),
             "notes": [f"{n.resource}: {n.reason}" for n in self.read.notes],
         }
 

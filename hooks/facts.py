@@ -226,6 +226,13 @@ class Facts:
     unavailable: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def problems(self) -> tuple[str, ...]:
+        """Every reason some data could not be used, for the card's "Data not used" section."""
+        out = [*self.igm.problems, *self.igg.problems, *self.iga.problems, *self.pneumococcal.problems,
+               *self.infections.problems, *self.data_problems]
+        return tuple(dict.fromkeys(out))
+
+    @property
     def is_child(self) -> bool:
         return self.age is not None and self.age < 18
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -372,7 +373,11 @@ def _short_error(err: Mapping[str, Any]) -> str:
 
 def validate(raw: Mapping[str, Any]) -> tuple[Any | None, tuple[str, ...], str | None]:
     """(model, dropped fields, reason-if-skipped) for one raw resource, with leniency."""
-    key = hashlib.blake2b(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    try:
+        canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # e.g. an integer beyond 64 bits: slower, but exact
+        canonical = json.dumps(raw, sort_keys=True, default=repr).encode()
+    key = hashlib.blake2b(canonical, digest_size=16).digest()
     cached = MODEL_CACHE.get(key)
     if cached is not None:
         return cached

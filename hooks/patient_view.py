@@ -23,7 +23,7 @@ INDICATOR = {
 
 
 def card_context(request: HookRequest, ev: PatientEvaluation) -> CardContext:
-    notes = tuple(ev.facts.data_problems)
+    notes = ev.facts.problems
     return CardContext(
         hook_instance=request.hook_instance,
         service_id=request.service_id,

@@ -1,0 +1,112 @@
+"""Lenient reading of real-world payloads: adapt what can be adapted, skip the rest and say why."""
+
+from __future__ import annotations
+
+import json
+
+from hooks.fhir_read import MODEL_CACHE, adapt_shape, read_resources, record_dates
+from tests.conftest import REFERENCE
+
+IGM = {"resourceType": "Observation", "id": "o1", "status": "final",
+       "code": {"coding": [{"system": "http://loinc.org", "code": "2472-9"}]},
+       "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-10-01",
+       "valueQuantity": {"value": 32, "unit": "mg/dL"}}
+
+
+def test_bundle_entries_nested_bundles_and_lists_are_all_read():
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": IGM},
+                                                  {"resource": {"resourceType": "Bundle", "entry": [
+                                                      {"resource": {**IGM, "id": "o2"}}]}}]}
+    read = read_resources([bundle, [{**IGM, "id": "o3"}]], "p1")
+    assert sorted(read.raw_id(o) for o in read.of("Observation")) == ["o1", "o2", "o3"]
+
+
+def test_duplicates_across_prefetch_keys_count_once():
+    read = read_resources([{"resourceType": "Bundle", "entry": [{"resource": IGM}]}, IGM, {**IGM, "id": "Observation/o1"}], "p1")
+    assert len(read.of("Observation")) == 1
+
+
+def test_ids_with_type_prefix_are_cut():
+    read = read_resources([{**IGM, "id": "Observation/o9"}], "p1")
+    assert read.of("Observation")[0].id == "o9"
+
+
+def test_unknown_field_is_dropped_and_noted():
+    read = read_resources([{**IGM, "vendorExtraField": {"x": 1}}], "p1")
+    assert len(read.of("Observation")) == 1
+    assert any("vendorExtraField" in n.reason for n in read.notes)
+
+
+def test_resource_with_broken_essential_field_is_skipped_with_reason():
+    read = read_resources([{**IGM, "status": 42}], "p1")
+    assert read.of("Observation") == []
+    assert read.skipped and "status" in read.skipped[0].reason
+
+
+def test_resource_of_another_patient_is_skipped():
+    read = read_resources([{**IGM, "subject": {"reference": "Patient/someone-else"}}], "p1")
+    assert read.of("Observation") == []
+    assert "another patient" in read.skipped[0].reason
+
+
+def test_absolute_and_versioned_subject_references_are_the_same_patient():
+    read = read_resources([{**IGM, "subject": {"reference": "https://ehr.example/fhir/Patient/p1/_history/3"}}], "p1")
+    assert len(read.of("Observation")) == 1
+
+
+def test_irrelevant_observations_are_not_validated():
+    sodium = {**IGM, "id": "na", "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}], "text": "Sodium"},
+              "status": "not-a-status"}
+    read = read_resources([sodium], "p1")
+    assert read.of("Observation") == [] and read.skipped == []
+
+
+def test_dstu2_medication_order_becomes_a_medication_request():
+    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-dstu2.json").read_text())
+    order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
+                 if e["resource"]["resourceType"] == "MedicationOrder")
+    adapted = adapt_shape({**order, "medicationCodeableConcept": {"text": "Privigen"}})
+    assert adapted["resourceType"] == "MedicationRequest"
+    assert adapted["subject"] == {"reference": "Patient/1288992"}
+    dosage = adapted["dosageInstruction"][0]
+    assert dosage["timing"]["repeat"]["periodUnit"] == "d"
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 5
+    read = read_resources([{**order, "medicationCodeableConcept": {"text": "Privigen 10%"}}], "1288992")
+    assert len(read.of("MedicationRequest")) == 1
+
+
+def test_stu3_dose_and_rate_object_and_string_statuses_are_adapted():
+    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-stu3.json").read_text())
+    order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
+                 if e["resource"]["resourceType"] == "MedicationRequest")
+    read = read_resources([{**order, "medicationCodeableConcept": {"text": "IVIG"}}], "1288992")
+    (mr,) = read.of("MedicationRequest")
+    assert mr.dosageInstruction[0].doseAndRate[0].doseQuantity.value == 5
+    cond = {"resourceType": "Condition", "id": "c", "clinicalStatus": "resolved", "verificationStatus": "confirmed",
+            "code": {"text": "Pneumonia"}, "patient": {"reference": "Patient/1288992"}, "onsetDateTime": "2026-01-01"}
+    (c,) = read_resources([cond], "1288992").of("Condition")
+    assert c.clinicalStatus.coding[0].code == "resolved"
+
+
+def test_validated_models_are_cached_by_content():
+    MODEL_CACHE.clear()
+    read_resources([IGM], "p1")
+    size = len(MODEL_CACHE)
+    read_resources([json.loads(json.dumps(IGM))], "p1")
+    assert len(MODEL_CACHE) == size == 1
+    read_resources([{**IGM, "valueQuantity": {"value": 33, "unit": "mg/dL"}}], "p1")
+    assert len(MODEL_CACHE) == 2
+
+
+def test_record_dates_cover_any_clinical_resource():
+    dates = record_dates([{"resourceType": "AllergyIntolerance", "recordedDate": "2026-05-01"},
+                          {"resourceType": "Encounter", "period": {"start": "2026-06-01T10:00:00Z"}},
+                          {"resourceType": "Patient", "birthDate": "1970-01-01"}])
+    assert [d.isoformat() for d in dates] == ["2026-05-01", "2026-06-01"]
+
+
+def test_garbage_never_raises():
+    junk = [None, 1, "x", [], {"resourceType": 5}, {"resourceType": "Observation"}, {"resourceType": "Bundle", "entry": "x"},
+            {"resourceType": "Observation", "code": "nope", "status": "final"}]
+    read = read_resources(junk, "p1")
+    assert read.of("Observation") == []
