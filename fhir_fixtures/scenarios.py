@@ -175,6 +175,20 @@ def _itp() -> Record:
     return rec
 
 
+def _on_ivig_for_itp() -> Record:
+    rec = Record("on-ivig-for-itp", birth="1988-02-02")
+    rec.diagnosis("D69.3", "Immune thrombocytopenic purpura", ago(months=10))
+    rec.ivig_every(ago(months=6), ago(days=12), weeks=4)
+    rec.igm(95, when=ago(days=40)).igg(1450, when=ago(days=40))
+    rec.weight(64)
+    return rec
+
+
+def _low_igg_normal_igm() -> Record:
+    rec = complete_adult("low-igg-normal-igm-no-infections", igm=90, igg=420)
+    return rec
+
+
 def _kawasaki_child() -> Record:
     rec = Record("other-indication-kawasaki", birth="2023-05-05", gender="male")
     rec.diagnosis("M30.3", "Mucocutaneous lymph node syndrome [Kawasaki]", ago(days=3))
@@ -393,6 +407,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("other-indication-kawasaki", "IVIG 2 g/kg for Kawasaki disease (active diagnosis, no order reason)",
              _kawasaki_child, {PV: [], OS: []},
              lambda pid: [ivig_order(pid, dose=2, unit="g/kg", every_weeks=None)], tags=["other-indication"]),
+    Scenario("on-ivig-for-itp", "On monthly IVIG for ITP; IgG 1450 after infusions, normal IgM: not this guideline",
+             _on_ivig_for_itp, {PV: []}, tags=["other-indication"]),
+    Scenario("low-igg-normal-igm-no-infections", "Normal IgM, IgG 420 mg/dL, no infections: no IgM deficiency card",
+             _low_igg_normal_igm, {PV: [], OS: [NI]}, standard_ivig, tags=["decision-10"]),
     # --- order recognition
     Scenario("order-via-contained-medication", "Isolated IgM deficiency; the IVIG product is a contained Medication",
              _isolated, {OS: [NI]}, lambda pid: [ivig_order(pid, via="contained")], tags=["orders"]),

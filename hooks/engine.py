@@ -25,11 +25,24 @@ _GAPS_BESIDE = frozenset({
 })
 
 
+def antibody_deficiency_clue(facts: Facts) -> bool:
+    return facts.igm.is_low or facts.igg.is_low or facts.hyper_igm_diagnosis is not None
+
+
+def explained_by_other_indication(facts: Facts) -> bool:
+    """IVIG history of a patient with an active other indication (ITP, Kawasaki...) and no antibody
+    deficiency: immunomodulation, outside this guideline — no confounding or trough advice."""
+    return bool(facts.other_indications) and not antibody_deficiency_clue(facts)
+
+
 def in_scope(facts: Facts, ivig_ordered: bool) -> bool:
     """Whether the IVIG question arises: an order, low IgM/IgG, a hyper-IgM clue, or IVIG history."""
-    return (ivig_ordered or facts.igm.is_low or facts.igg.is_low or facts.ivig.any
-            or facts.hyper_igm_diagnosis is not None
-            or facts.igm.status == "confounded" or facts.pneumococcal.status == "impaired")
+    if ivig_ordered:
+        return True
+    if explained_by_other_indication(facts):
+        return False
+    return (antibody_deficiency_clue(facts) or facts.ivig.any or facts.igm.status == "confounded"
+            or facts.pneumococcal.status == "impaired")
 
 
 def _trace_entry(result: Assessment | NotApplicable) -> dict[str, str]:
@@ -51,6 +64,10 @@ def decide(facts: Facts, config: GuidelineConfig, *, ivig_ordered: bool = False)
     else:
         decision.trace.append({"rule": "(scope)", "result": "not applicable",
                                "reason": "no low IgM/IgG, no hyper-IgM clue, no IVIG order or history"})
+    if explained_by_other_indication(facts):
+        decision.trace.append({"rule": "(monitoring)", "result": "not applicable",
+                               "reason": "IVIG for another indication: " + ", ".join(facts.other_indications)})
+        return decision
     monitoring = [spec.func(facts, config) for spec in MONITORING_RULES]
     decision.trace.extend(_trace_entry(r) for r in monitoring)
     applied = [r for r in monitoring if isinstance(r, Assessment)]

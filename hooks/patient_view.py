@@ -39,12 +39,20 @@ def smart_url(request: HookRequest) -> str | None:
     return request.smart_launch_url
 
 
+def outside_igm_deficiency(ev: PatientEvaluation) -> bool:
+    """No card for 'no replacement' conclusions about patients whose IgM is not low: the
+    patient-view topic for them (isolated IgM deficiency) would misname the situation."""
+    d = ev.decision
+    return (d.outcome is not None and d.outcome.rule == "antibody_deficiency_without_infection_criterion"
+            and not ev.facts.igm.is_low)
+
+
 def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
     from hooks.cards import spec_of
 
     plans: list[CardPlan] = []
     d = ev.decision
-    if d.outcome is not None:
+    if d.outcome is not None and not outside_igm_deficiency(ev):
         spec = spec_of(d.outcome.rule)
         for topic in (spec.topics.get(PV, ()) if spec else ()):
             plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts), [d.outcome])
@@ -56,7 +64,7 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
                 plan.suggestions = [suggestion("Refer to clinical immunology",
                                                [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)]
             plans.append(plan)
-    if d.gaps is not None:
+    if d.gaps is not None and not outside_igm_deficiency(ev):
         plan = CardPlan(Topic.WORKUP_INCOMPLETE, "info", workup_summary(d.gaps, before_ivig=False), [d.gaps])
         actions = workup_actions(d.gaps.missing_keys, ctx.patient_id)
         if actions:

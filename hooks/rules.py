@@ -473,14 +473,14 @@ def antibody_deficiency_without_infection_criterion(facts: Facts, cfg: Guideline
         return NotApplicable("antibody_deficiency_without_infection_criterion", "no antibody deficiency")
     parts = []
     if facts.igm.is_low:
-        parts.append(f"IgM {_value(facts.igm.deciding)}")
+        parts.append(f"low IgM ({_value(facts.igm.deciding)})")
     if facts.igg.is_low:
-        parts.append(f"IgG {_value(facts.igg.deciding)}")
+        parts.append(f"low IgG ({_value(facts.igg.deciding)})")
     if facts.pneumococcal.status == "impaired":
         parts.append("impaired PPSV23 response")
     return Assessment(
         "antibody_deficiency_without_infection_criterion", Verdict.AGAINST,
-        "low " + ", ".join(parts) + f" without recurrent severe infections ({_infection_count_text(facts, cfg)})",
+        ", ".join(parts) + f" without recurrent severe infections ({_infection_count_text(facts, cfg)})",
         (_lab_evidence(facts.igm), _igg_evidence(facts, cfg), _pneumo_evidence(facts),
          *_infection_evidence(facts.infections.episodes, "Infection")),
         ("No immunoglobulin replacement now: the infection criterion of the guideline is not met",
