@@ -14,7 +14,7 @@ from hooks import orders as order_rules
 from hooks.assessment import Assessment, Decision, NotApplicable, Verdict
 from hooks.config import GuidelineConfig
 from hooks.facts import Facts, extract_facts
-from hooks.fhir_read import ReadResult, read_resources, record_dates
+from hooks.fhir_read import ReadResult, iter_resources, read_raw
 from hooks.rules import DECISION_RULES, MONITORING_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
@@ -146,16 +146,16 @@ def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: da
                      unavailable: Mapping[str, str] | None = None,
                      drafts: list[Mapping[str, Any]] | None = None) -> PatientEvaluation:
     """From raw FHIR (prefetch values, draft orders, fetched resources) to facts, decision and order findings."""
-    values = list(values)
+    raw = list(iter_resources(list(values)))  # one walk over the bag; every reader below shares it
     if drafts:
-        values.append(list(drafts))
-    read = read_resources(values, patient_id)
+        raw.extend(drafts)
+    read = read_raw(raw, patient_id)
     draft_labels = frozenset()
     ivig_orders: list[order_rules.IvigOrder] = []
     if drafts:
         ivig_orders = order_rules.find_ivig_orders(drafts, read)
         draft_labels = frozenset(o.label for o in ivig_orders)
-    facts = extract_facts(read, today, config, clinical_dates=record_dates(values), unavailable=unavailable,
+    facts = extract_facts(read, today, config, clinical_dates=read.clinical_dates, unavailable=unavailable,
                           exclude_orders=draft_labels)
     evaluation = PatientEvaluation(facts, decide(facts, config, ivig_ordered=bool(ivig_orders)), read, ivig_orders)
     for order in ivig_orders:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 from hooks import valuesets as vs
 from hooks.config import GuidelineConfig
 from hooks.dates import add_months, age_years, as_date, fmt_date
+from hooks.classify import texts_and_codes as _texts_codes
 from hooks.fhir_read import ReadResult, bare_id
 from hooks.units import COMPARATORS, Measured, parse_value_string, to_kg, to_mg_dl, to_ug_ml
 
@@ -244,21 +245,6 @@ class Facts:
 # ------------------------------------------------------------------ helpers over R4B models
 
 
-def _texts_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
-    texts: list[str] = []
-    codes: list[tuple[str, str]] = []
-    if concept is None:
-        return texts, codes
-    if getattr(concept, "text", None):
-        texts.append(concept.text)
-    for coding in getattr(concept, "coding", None) or ():
-        if coding.display:
-            texts.append(coding.display)
-        if coding.code:
-            codes.append((coding.system or "", coding.code))
-    return texts, codes
-
-
 def concept_in(concept: Any, valueset: vs.ValueSet) -> bool:
     texts, codes = _texts_codes(concept)
     return any(vs.coding_in(valueset, s, c) for s, c in codes) or any(vs.text_in(valueset, t) for t in texts)
@@ -272,6 +258,9 @@ def concept_label(concept: Any) -> str:
 
 
 def _label(model: Any, read: ReadResult) -> str:
+    known = read.label(model)
+    if known is not None:
+        return known
     rid = read.raw_id(model) or getattr(model, "id", None)
     return f"{model.get_resource_type()}/{bare_id(rid)}" if rid else f"{model.get_resource_type()} (no id)"
 
@@ -334,65 +323,7 @@ def _flags(obs: Any) -> frozenset[str]:
 # ------------------------------------------------------------------ classification of observations
 
 
-def classify_observation(obs: Any) -> str | None:
-    """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
-    texts, codes = _texts_codes(obs.code)
-    loinc = {c for s, c in codes if s in (vs.LOINC, "")}
-    if loinc & vs.LOINC_IGG_CSF:
-        return None
-    if loinc & vs.LOINC_IGM:
-        return "IgM"
-    if loinc & vs.LOINC_IGG:
-        return "IgG"
-    if loinc & vs.LOINC_IGA:
-        return "IgA"
-    if loinc & vs.LOINC_IGG_SUBCLASSES:
-        return None
-    if loinc & vs.LOINC_CD19:
-        return "CD19"
-    if loinc & vs.LOINC_CD4:
-        return "CD4"
-    if loinc & vs.LOINC_CD8:
-        return "CD8"
-    if loinc & vs.LOINC_CD3:
-        return "CD3"
-    if loinc & vs.LOINC_BODY_WEIGHT:
-        return "weight"
-    text = " ".join(texts)
-    if not text:
-        return None
-    if vs.TEXT_PNEUMOCOCCAL.search(text):
-        return "titer"
-    if vs.TEXT_MEMORY_B.search(text):
-        return "memory B"
-    if vs.TEXT_CD19.search(text):
-        return "CD19"
-    if vs.TEXT_CD4.search(text) and not vs.TEXT_CD8.search(text):
-        return "CD4"
-    if vs.TEXT_CD8.search(text) and not vs.TEXT_CD4.search(text):
-        return "CD8"
-    if vs.TEXT_IGG_CSF.search(text) or vs.TEXT_IGG_SUBCLASS.search(text) or vs.TEXT_NOT_TOTAL_IG.search(text):
-        return None
-    if vs.TEXT_IGM.search(text):
-        return "IgM"
-    if vs.TEXT_IGG.search(text):
-        return "IgG"
-    if vs.TEXT_IGA.search(text):
-        return "IgA"
-    if vs.TEXT_BODY_WEIGHT.search(text):
-        return "weight"
-    return None
-
-
-def serotype_of(obs: Any) -> str | None:
-    texts, _ = _texts_codes(obs.code)
-    valid = {s.upper() for s in vs.PPSV23_SEROTYPES}
-    for text in texts:
-        for match in vs.SEROTYPE_PATTERN.finditer(text):
-            candidate = match.group(1).upper()
-            if candidate in valid:
-                return candidate
-    return None
+# classification lives in hooks/classify.py (computed once per resource, when it is validated)
 
 
 # ------------------------------------------------------------------ IVIG history
@@ -526,9 +457,7 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
                 problems: list[str], convert=to_mg_dl, unit: str = "mg/dL") -> list[LabValue]:
     stale_before = add_months(today, -config.stale_lab_months)
     out: list[LabValue] = []
-    for obs in read.of("Observation"):
-        if classify_observation(obs) != analyte:
-            continue
+    for obs in read.observations(analyte):
         label = _label(obs, read)
         status = _code_of(obs.status)
         if status not in FINAL_STATUSES:
@@ -630,13 +559,11 @@ def _analyte(name: str, values: list[LabValue], threshold: float, facts_age: flo
 
 def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, problems: list[str]) -> list[Titer]:
     out: list[Titer] = []
-    for obs in read.of("Observation"):
-        if classify_observation(obs) != "titer":
-            continue
+    for obs in read.observations("titer"):
         status = _code_of(obs.status)
         if status not in FINAL_STATUSES:
             continue
-        serotype = serotype_of(obs)
+        serotype = read.serotype(obs)
         when = observation_date(obs)
         if serotype is None or when is None or when > today:
             if serotype is None and when is not None and obs.valueQuantity is not None:
@@ -881,10 +808,7 @@ def _merge(events: list[_Event], merge_days: int) -> list[Infection]:
 def _subsets(read: ReadResult, today: date, config: GuidelineConfig) -> frozenset[str]:
     stale_before = add_months(today, -config.stale_lab_months)
     present = set()
-    for obs in read.of("Observation"):
-        kind = classify_observation(obs)
-        if kind not in ("CD19", "CD4", "CD8", "CD3", "memory B"):
-            continue
+    for kind, obs in ((k, o) for k in ("CD19", "CD4", "CD8", "CD3", "memory B") for o in read.observations(k)):
         if _code_of(obs.status) not in FINAL_STATUSES:
             continue
         when = observation_date(obs)

@@ -20,7 +20,6 @@ models are cached by content hash, because EHRs send the same record again and a
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import threading
@@ -45,6 +44,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from hooks import valuesets as vs
+from hooks.classify import classify_observation, serotype_of
 
 MODELS = {
     "Patient": Patient,
@@ -100,14 +100,31 @@ class ReadResult:
     by_type: dict[str, list[Any]] = field(default_factory=dict)
     #: raw id of each validated model (ids can be cut or missing in the model)
     raw_ids: dict[int, str] = field(default_factory=dict)
+    #: Observations grouped by what they measure (hooks/classify.py), and their serotype
+    by_kind: dict[str, list[Any]] = field(default_factory=dict)
+    serotypes: dict[int, str] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
+    #: clinical dates of every resource read (relevant or not), for "is there data in the window"
+    clinical_dates: list[date] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[Skipped] = field(default_factory=list)
 
     def of(self, resource_type: str) -> list[Any]:
         return self.by_type.get(resource_type, [])
 
+    def observations(self, kind: str) -> list[Any]:
+        """Observations of one kind: 'IgM', 'IgG', 'IgA', 'titer', 'CD19', ..., 'weight'."""
+        return self.by_kind.get(kind, [])
+
+    def serotype(self, obs: Any) -> str | None:
+        return self.serotypes.get(id(obs))
+
     def raw_id(self, model: Any) -> str | None:
         return self.raw_ids.get(id(model))
+
+    def label(self, model: Any) -> str | None:
+        """'Observation/abc' as the EHR named it (for cards and the delete action's resourceId)."""
+        return self.labels.get(id(model))
 
 
 # ------------------------------------------------------------------ collecting
@@ -121,18 +138,23 @@ def iter_resources(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
         for item in value:
             yield from iter_resources(item, depth + 1)
         return
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return
     rtype = value.get("resourceType")
     if rtype == "Bundle":
         entries = value.get("entry")
         if isinstance(entries, list):
             for entry in entries:
-                if isinstance(entry, Mapping):
-                    yield from iter_resources(entry.get("resource"), depth + 1)
+                if isinstance(entry, dict):
+                    resource = entry.get("resource")
+                    if isinstance(resource, dict) and resource.get("resourceType") != "Bundle":
+                        if isinstance(resource.get("resourceType"), str):
+                            yield resource
+                    else:
+                        yield from iter_resources(resource, depth + 1)
         return
     if isinstance(rtype, str):
-        yield value  # type: ignore[misc]
+        yield value
 
 
 def bare_id(reference: Any) -> str | None:
@@ -154,11 +176,12 @@ def _label(raw: Mapping[str, Any]) -> str:
 def _texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
     texts: list[str] = []
     codes: list[tuple[str, str]] = []
-    if isinstance(concept, Mapping):
+    if isinstance(concept, dict):
         if isinstance(concept.get("text"), str):
             texts.append(concept["text"])
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping):
+        codings = concept.get("coding")
+        for coding in codings if isinstance(codings, list) else ():
+            if isinstance(coding, dict):
                 if isinstance(coding.get("display"), str):
                     texts.append(coding["display"])
                 if isinstance(coding.get("code"), str):
@@ -208,7 +231,7 @@ def medication_use_may_matter(raw: Mapping[str, Any]) -> bool:
     """Immune globulin by code/text, or a reference to a Medication we must look at."""
     if _medication_concept_may_matter(raw.get("medicationCodeableConcept")):
         return True
-    return isinstance(raw.get("medicationReference"), Mapping)
+    return isinstance(raw.get("medicationReference"), dict)
 
 
 def procedure_may_matter(raw: Mapping[str, Any]) -> bool:
@@ -362,7 +385,8 @@ class _ModelCache:
         return len(self._data)
 
 
-MODEL_CACHE = _ModelCache(capacity=5000)
+#: Ingested resources by their serialised form; ~20 000 entries is some tens of MB at most.
+MODEL_CACHE = _ModelCache(capacity=20000)
 _MAX_REPAIRS = 4
 
 
@@ -371,17 +395,69 @@ def _short_error(err: Mapping[str, Any]) -> str:
     return f"{loc or 'resource'}: {str(err.get('msg', 'invalid'))[:80]}"
 
 
-def validate(raw: Mapping[str, Any]) -> tuple[Any | None, tuple[str, ...], str | None]:
-    """(model, dropped fields, reason-if-skipped) for one raw resource, with leniency."""
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """Everything about one raw resource that does not depend on the request: computed once per
+    distinct resource and cached, so a resent record costs a serialisation and a lookup."""
+
+    rtype: str
+    relevant: bool
+    dedupe: tuple[str, str] | None
+    #: the Patient id the resource names as its subject (None: none, contained or urn)
+    subject: str | None
+    label: str
+    raw_id: str | None
+    clinical_date: "date | None"
+    model: Any | None = None
+    dropped: tuple[str, ...] = ()
+    reason: str | None = None
+    kind: str | None = None
+    serotype: str | None = None
+
+
+def _subject_patient(raw: Mapping[str, Any]) -> str | None:
+    if raw.get("resourceType") == "Patient":
+        rid = raw.get("id")
+        return bare_id(rid) if isinstance(rid, str) else None
+    for name in _SUBJECT_FIELDS:
+        ref = raw.get(name)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            text = ref["reference"]
+            if text.startswith(("#", "urn:")):
+                return None
+            parts = text.split("/_history/", 1)[0].rstrip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == "Patient":
+                return parts[-1]
+    return None
+
+
+def ingest(raw: dict[str, Any]) -> Ingest:
+    """The cached ingest of one raw resource (validated only when the rules can use it)."""
+    # The serialised resource itself is the key: exact (no hash collisions), and cheap. Key
+    # order is kept as sent: an EHR resends its resources byte-identical; a reordering just misses.
     try:
-        canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        key = orjson.dumps(raw)
     except TypeError:  # e.g. an integer beyond 64 bits: slower, but exact
-        canonical = json.dumps(raw, sort_keys=True, default=repr).encode()
-    key = hashlib.blake2b(canonical, digest_size=16).digest()
+        key = json.dumps(raw, default=repr).encode()
     cached = MODEL_CACHE.get(key)
     if cached is not None:
         return cached
-    result = _validate_uncached(raw)
+    rtype = raw.get("resourceType")
+    rtype = "MedicationRequest" if rtype == "MedicationOrder" else str(rtype)
+    relevant_check = RELEVANT.get(rtype)
+    relevant = relevant_check is not None and bool(relevant_check(raw))
+    rid = raw.get("id")
+    base = dict(rtype=rtype, relevant=relevant, dedupe=_dedupe_key(raw), subject=_subject_patient(raw),
+                label=_label(raw), raw_id=rid if isinstance(rid, str) else None, clinical_date=_clinical_date(raw))
+    if not relevant:
+        result = Ingest(**base)
+    else:
+        model, dropped, reason = _validate_uncached(raw)
+        kind = serotype = None
+        if model is not None and model.get_resource_type() == "Observation":
+            kind = classify_observation(model)
+            serotype = serotype_of(model) if kind == "titer" else None
+        result = Ingest(**base, model=model, dropped=dropped, reason=reason, kind=kind, serotype=serotype)
     MODEL_CACHE.put(key, result)
     return result
 
@@ -412,24 +488,6 @@ def _validate_uncached(raw: Mapping[str, Any]) -> tuple[Any | None, tuple[str, .
     return None, tuple(dropped), "not valid FHIR R4 after dropping unreadable fields"
 
 
-def _references_other_patient(raw: Mapping[str, Any], patient_id: str | None) -> bool:
-    if not patient_id:
-        return False
-    if raw.get("resourceType") == "Patient":
-        rid = raw.get("id")
-        return isinstance(rid, str) and bare_id(rid) != patient_id
-    for name in _SUBJECT_FIELDS:
-        ref = raw.get(name)
-        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
-            text = ref["reference"]
-            if text.startswith(("#", "urn:")):
-                return False
-            parts = text.split("/_history/", 1)[0].rstrip("/").split("/")
-            if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] != patient_id:
-                return True
-    return False
-
-
 def _dedupe_key(raw: Mapping[str, Any]) -> tuple[str, str] | None:
     rid = raw.get("id")
     if isinstance(rid, str) and rid:
@@ -439,35 +497,41 @@ def _dedupe_key(raw: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def read_resources(values: Iterable[Any], patient_id: str | None = None) -> ReadResult:
     """Validate every usable resource found in ``values`` (prefetch values, Bundles, lists)."""
+    return read_raw(iter_resources(list(values)), patient_id)
+
+
+def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None) -> ReadResult:
+    """Validate every usable resource of an already flattened list (see ``iter_resources``)."""
     out = ReadResult()
     seen: set[tuple[str, str]] = set()
-    for value in values:
-        for raw in iter_resources(value):
-            rtype = raw.get("resourceType")
-            if rtype == "MedicationOrder":
-                rtype = "MedicationRequest"
-            relevant = RELEVANT.get(rtype)  # type: ignore[arg-type]
-            if relevant is None or not relevant(raw):
+    for raw in resources:
+        item = ingest(raw)
+        if item.clinical_date is not None:
+            out.clinical_dates.append(item.clinical_date)
+        if not item.relevant:
+            continue
+        if item.dedupe is not None:
+            if item.dedupe in seen:
                 continue
-            dedupe = _dedupe_key(raw)
-            if dedupe is not None:
-                if dedupe in seen:
-                    continue
-                seen.add(dedupe)
-            if _references_other_patient(raw, patient_id):
-                out.skipped.append(Skipped(_label(raw), "belongs to another patient than context.patientId"))
-                continue
-            model, dropped, reason = validate(raw)
-            if model is None:
-                out.skipped.append(Skipped(_label(raw), reason or "not readable"))
-                continue
-            if dropped:
-                out.notes.append(Skipped(_label(raw), "ignored unreadable field(s): " + ", ".join(sorted(dropped))))
-            out.by_type.setdefault(model.get_resource_type(), []).append(model)
-            if isinstance(raw.get("id"), str):
-                out.raw_ids[id(model)] = raw["id"]
+            seen.add(item.dedupe)
+        if patient_id and item.subject is not None and item.subject != patient_id:
+            out.skipped.append(Skipped(item.label, "belongs to another patient than context.patientId"))
+            continue
+        model = item.model
+        if model is None:
+            out.skipped.append(Skipped(item.label, item.reason or "not readable"))
+            continue
+        if item.dropped:
+            out.notes.append(Skipped(item.label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
+        out.by_type.setdefault(item.rtype, []).append(model)
+        if item.kind is not None:
+            out.by_kind.setdefault(item.kind, []).append(model)
+            if item.serotype is not None:
+                out.serotypes[id(model)] = item.serotype
+        if item.raw_id is not None:
+            out.raw_ids[id(model)] = item.raw_id
+        out.labels[id(model)] = item.label
     return out
-
 
 _DATE_FIELDS = ("effectiveDateTime", "onsetDateTime", "recordedDate", "authoredOn", "occurrenceDateTime",
                 "performedDateTime", "issued", "dateWritten", "date", "whenHandedOver", "effectiveInstant")
@@ -482,22 +546,29 @@ def record_dates(values: Iterable[Any]) -> list[date]:
     """
     from hooks.dates import as_date  # noqa: PLC0415 - small module, avoids a cycle
 
-    out: list[date] = []
-    for value in values:
-        for raw in iter_resources(value):
-            if raw.get("resourceType") in ("Patient", "Medication", "Practitioner", "Organization"):
-                continue
-            for name in _DATE_FIELDS:
-                d = as_date(raw.get(name)) if isinstance(raw.get(name), str) else None
-                if d is not None:
-                    out.append(d)
-                    break
-            else:
-                for name in _PERIOD_FIELDS:
-                    period = raw.get(name)
-                    if isinstance(period, Mapping):
-                        d = as_date(period.get("start")) if isinstance(period.get("start"), str) else None
-                        if d is not None:
-                            out.append(d)
-                            break
-    return out
+    return record_dates_raw(iter_resources(list(values)))
+
+
+def record_dates_raw(resources: Iterable[dict[str, Any]]) -> list[date]:
+    return [d for d in (ingest(raw).clinical_date for raw in resources) if d is not None]
+
+
+def _clinical_date(raw: Mapping[str, Any]) -> date | None:
+    """The first clinical date of a raw resource (None for Patient, Medication and the like)."""
+    from hooks.dates import as_date  # noqa: PLC0415
+
+    if raw.get("resourceType") in ("Patient", "Medication", "Practitioner", "Organization"):
+        return None
+    for name in _DATE_FIELDS:
+        value = raw.get(name)
+        if isinstance(value, str):
+            d = as_date(value)
+            if d is not None:
+                return d
+    for name in _PERIOD_FIELDS:
+        period = raw.get(name)
+        if isinstance(period, dict) and isinstance(period.get("start"), str):
+            d = as_date(period["start"])
+            if d is not None:
+                return d
+    return None

@@ -56,11 +56,11 @@ def draft_resources(context: Mapping[str, Any], selections_only: bool = False) -
 
 def _raw_texts(concept: Any) -> list[str]:
     texts = []
-    if isinstance(concept, Mapping):
+    if isinstance(concept, dict):
         if isinstance(concept.get("text"), str):
             texts.append(concept["text"])
         for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping):
+            if isinstance(coding, dict):
                 texts += [str(coding.get(k)) for k in ("display", "code") if isinstance(coding.get(k), str)]
     return texts
 
@@ -70,13 +70,13 @@ def may_be_immune_globulin(raw: Mapping[str, Any], medications: Mapping[str, Map
     concepts = [raw.get("medicationCodeableConcept"), raw.get("code")]
     ref = raw.get("medicationReference")
     unresolved = False
-    if isinstance(ref, Mapping):
+    if isinstance(ref, dict):
         if isinstance(ref.get("display"), str):
             concepts.append({"text": ref["display"]})
         target = ref.get("reference")
         if isinstance(target, str) and target.startswith("#"):
             for contained in raw.get("contained") or ():
-                if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
+                if isinstance(contained, dict) and contained.get("id") == target[1:]:
                     concepts.append(contained.get("code"))
         elif isinstance(target, str):
             med = medications.get(bare_id(target) or "")
@@ -88,8 +88,8 @@ def may_be_immune_globulin(raw: Mapping[str, Any], medications: Mapping[str, Map
     joined = " ".join(texts)
     if joined and vs.TEXT_NOT_REPLACEMENT_GLOBULIN.search(joined):
         return False
-    codes = [(str(cd.get("system") or ""), str(cd.get("code") or "")) for c in concepts if isinstance(c, Mapping)
-             for cd in c.get("coding") or () if isinstance(cd, Mapping)]
+    codes = [(str(cd.get("system") or ""), str(cd.get("code") or "")) for c in concepts if isinstance(c, dict)
+             for cd in c.get("coding") or () if isinstance(cd, dict)]
     if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes) or vs.TEXT_IMMUNE_GLOBULIN.search(joined):
         return True
     return None if unresolved else False
@@ -144,8 +144,8 @@ def _dose_and_interval(order: Any) -> tuple[float | None, str | None, float | No
 
 def find_ivig_orders(drafts: list[Mapping[str, Any]], read: ReadResult) -> list[IvigOrder]:
     """The immune globulin orders among ``drafts`` (validated models taken from ``read``)."""
-    wanted = {f"{'MedicationRequest' if r.get('resourceType') == 'MedicationOrder' else r.get('resourceType')}/{bare_id(r.get('id'))}"
-              for r in drafts if isinstance(r.get("id"), str)}
+    # labels keep the EHR's own resource type (a DSTU2 MedicationOrder is deleted as MedicationOrder/x)
+    wanted = {f"{r.get('resourceType')}/{bare_id(r.get('id'))}" for r in drafts if isinstance(r.get("id"), str)}
     meds = medications_by_id(read)
     conditions = {bare_id(read.raw_id(c) or c.id or ""): c for c in read.of("Condition")}
     orders: list[IvigOrder] = []

@@ -17,8 +17,35 @@ def _is_json_type(mimetype: str) -> bool:
     return mimetype in JSON_TYPES or mimetype.endswith("+json")
 
 
+_KEEP_QUOTES_AND_BRACKETS = bytes(b for b in range(256) if b not in b'{}[]"')
+_PARENS = bytes.maketrans(b"{[}]", b"(())")
+
+
+def json_depth(raw: bytes, stop_above: int | None = None) -> int:
+    """The deepest nesting of a (valid) JSON document, computed on its bytes at C speed.
+
+    Escaped backslashes and quotes go first; then only quotes and brackets are kept, and every
+    other quote-separated segment lies outside a string. Each round of deleting adjacent "()"
+    pairs peels one level, so the number of rounds is the depth. (A walk over the parsed tree
+    costs more than the rules themselves.)
+    """
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.translate(None, _KEEP_QUOTES_AND_BRACKETS).split(b'"')[::2])
+    nest = outside.translate(_PARENS)
+    depth = 0
+    while nest:
+        shorter = nest.replace(b"()", b"")
+        if len(shorter) == len(nest):  # unbalanced: not JSON, let the parser have said so
+            break
+        nest = shorter
+        depth += 1
+        if stop_above is not None and depth > stop_above:
+            break
+    return depth
+
+
 def max_depth_exceeded(value: Any, limit: int) -> bool:
-    """Whether containers nest deeper than ``limit``; iterative, so deep input cannot overflow the stack."""
+    """Whether a parsed value's containers nest deeper than ``limit`` (iterative: no stack overflow)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -53,7 +80,7 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
         if "recursion" in str(exc).lower():
             raise BadRequest(f"JSON nests deeper than {max_depth} levels") from None
         raise BadRequest(f"the request body is not valid JSON ({message})") from None
-    # Cheap pre-check: nesting depth can never exceed the number of opening brackets.
-    if raw.count(b"{") + raw.count(b"[") > max_depth and max_depth_exceeded(body, max_depth):
+    # Nesting depth can never exceed the number of opening brackets: small bodies need no scan.
+    if raw.count(b"{") + raw.count(b"[") > max_depth and json_depth(raw, stop_above=max_depth) > max_depth:
         raise BadRequest(f"JSON nests deeper than {max_depth} levels")
     return body

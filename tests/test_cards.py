@@ -132,3 +132,35 @@ def test_summary_clip_keeps_under_140_and_cuts_at_a_word():
     clipped = clip(text)
     assert len(clipped) < 140 and clipped.endswith("…") and not clipped[:-1].endswith(" ")
     assert clip("short") == "short"
+
+
+def _dstu2_and_stu3_orders(pid: str) -> list[dict]:
+    import json as _json
+
+    from tests.conftest import REFERENCE
+
+    out = []
+    for name, rtype in (("request-order-sign-dstu2.json", "MedicationOrder"), ("request-order-sign-stu3.json", "MedicationRequest")):
+        data = _json.loads((REFERENCE / "spec-2.0.1" / name).read_text())
+        order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"] if e["resource"]["resourceType"] == rtype)
+        order = {**order, "medicationCodeableConcept": {"text": "Privigen 10% immune globulin"}}
+        order["patient" if rtype == "MedicationOrder" else "subject"] = {"reference": f"Patient/{pid}"}
+        out.append(order)
+    return out
+
+
+def test_dstu2_and_stu3_shaped_ivig_orders_are_recognised_and_deleted_by_their_own_ids():
+    body = fhir_fixtures.load_json("sample-isolated-igm", "request-order-sign.json")
+    pid = body["context"]["patientId"]
+    dstu2, stu3 = _dstu2_and_stu3_orders(pid)
+    for order, resource_id in ((dstu2, "MedicationOrder/smart-MedicationOrder-103"),
+                               (stu3, "MedicationRequest/smart-MedicationRequest-103")):
+        cards = cards_for("sample-isolated-igm", "order-sign",
+                          context_patch={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": order}]}})
+        found = by_topic(cards)
+        assert "ivig-not-indicated" in found, resource_id
+        # the example's "5 mL twice daily" is neither a mass dose nor a 3–4-weekly interval
+        assert "ivig-dose-check" in found and "every 0.0714 weeks" in found["ivig-dose-check"]["detail"]
+        deletes = [a["resourceId"] for s in found["ivig-not-indicated"]["suggestions"]
+                   for a in s.get("actions", []) if a["type"] == "delete"]
+        assert set(deletes) == {resource_id}

@@ -1,0 +1,89 @@
+"""What a validated resource is, in the guideline's terms: which lab, which serotype.
+
+Computed once per distinct resource (when it is validated, see hooks/fhir_read.py) — a record
+is read by many extractors and classifying it again for each costs more than the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooks import valuesets as vs
+
+_SEROTYPES = frozenset(s.upper() for s in vs.PPSV23_SEROTYPES)
+
+
+def texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
+    texts: list[str] = []
+    codes: list[tuple[str, str]] = []
+    if concept is None:
+        return texts, codes
+    if getattr(concept, "text", None):
+        texts.append(concept.text)
+    for coding in getattr(concept, "coding", None) or ():
+        if coding.display:
+            texts.append(coding.display)
+        if coding.code:
+            codes.append((coding.system or "", coding.code))
+    return texts, codes
+
+
+def classify_observation(obs: Any) -> str | None:
+    """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
+    texts, codes = texts_and_codes(obs.code)
+    loinc = {c for s, c in codes if s in (vs.LOINC, "")}
+    if loinc & vs.LOINC_IGG_CSF:
+        return None
+    if loinc & vs.LOINC_IGM:
+        return "IgM"
+    if loinc & vs.LOINC_IGG:
+        return "IgG"
+    if loinc & vs.LOINC_IGA:
+        return "IgA"
+    if loinc & vs.LOINC_IGG_SUBCLASSES:
+        return None
+    if loinc & vs.LOINC_CD19:
+        return "CD19"
+    if loinc & vs.LOINC_CD4:
+        return "CD4"
+    if loinc & vs.LOINC_CD8:
+        return "CD8"
+    if loinc & vs.LOINC_CD3:
+        return "CD3"
+    if loinc & vs.LOINC_BODY_WEIGHT:
+        return "weight"
+    text = " ".join(texts)
+    if not text:
+        return None
+    if vs.TEXT_PNEUMOCOCCAL.search(text):
+        return "titer"
+    if vs.TEXT_MEMORY_B.search(text):
+        return "memory B"
+    if vs.TEXT_CD19.search(text):
+        return "CD19"
+    if vs.TEXT_CD4.search(text) and not vs.TEXT_CD8.search(text):
+        return "CD4"
+    if vs.TEXT_CD8.search(text) and not vs.TEXT_CD4.search(text):
+        return "CD8"
+    if vs.TEXT_IGG_CSF.search(text) or vs.TEXT_IGG_SUBCLASS.search(text) or vs.TEXT_NOT_TOTAL_IG.search(text):
+        return None
+    if vs.TEXT_IGM.search(text):
+        return "IgM"
+    if vs.TEXT_IGG.search(text):
+        return "IgG"
+    if vs.TEXT_IGA.search(text):
+        return "IgA"
+    if vs.TEXT_BODY_WEIGHT.search(text):
+        return "weight"
+    return None
+
+
+def serotype_of(obs: Any) -> str | None:
+    texts, _ = texts_and_codes(obs.code)
+    valid = _SEROTYPES
+    for text in texts:
+        for match in vs.SEROTYPE_PATTERN.finditer(text):
+            candidate = match.group(1).upper()
+            if candidate in valid:
+                return candidate
+    return None
