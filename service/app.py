@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None, *, store: FeedbackStore | None 
     """Build the app. ``settings`` default to ``load_settings()`` (config file + environment)."""
     settings = settings or load_settings()
     app = Flask("ivig_cds")
-    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    # One byte over the limit: werkzeug cuts a streamed (chunked) body at MAX_CONTENT_LENGTH
+    # without an error, so read_json must be able to see that more than the limit arrived.
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes + 1
     app.json.sort_keys = False  # keep CDS Hooks field order readable
 
     app.extensions["ivig_cds"] = AppState(

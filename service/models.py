@@ -9,10 +9,10 @@ See https://cds-hooks.hl7.org/2.0.1/#http-request_1 and #feedback.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from service.errors import BadRequest
+from service.errors import BadRequest, PreconditionFailed
 
 #: Context fields each hook requires (CDS Hooks Library 1.0.1).
 REQUIRED_CONTEXT: dict[str, tuple[str, ...]] = {
@@ -77,6 +77,7 @@ def parse_cds_request(body: Any, expected_hook: str) -> CdsRequest:
         problems.append("hookInstance: required string (a UUID) is missing")
 
     context = body.get("context")
+    missing_patient = False
     if not isinstance(context, dict):
         problems.append("context: required object is missing")
         context = {}
@@ -86,11 +87,16 @@ def parse_cds_request(body: Any, expected_hook: str) -> CdsRequest:
             if name == "draftOrders":
                 if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
                     problems.append("context.draftOrders: required FHIR Bundle is missing")
-                elif value.get("entry") is not None and not isinstance(value.get("entry"), list):
-                    problems.append("context.draftOrders.entry: must be an array")
+                elif value.get("entry") is not None and not (
+                        isinstance(value["entry"], list) and all(isinstance(e, dict) for e in value["entry"])):
+                    problems.append("context.draftOrders.entry: must be an array of objects")
             elif name == "selections":
                 if not isinstance(value, list) or not all(_nonempty_str(v) for v in value):
                     problems.append("context.selections: required array of 'Type/id' strings is missing")
+            elif name == "patientId" and expected_hook == "patient-view" and name not in context:
+                # The spec's own extension example names no patient: without one the patient's
+                # data cannot be obtained, which CDS Hooks answers with 412 (a bad value stays 400).
+                missing_patient = True
             elif not _nonempty_str(value):
                 problems.append(f"context.{name}: required string is missing")
         encounter = context.get("encounterId")
@@ -132,6 +138,9 @@ def parse_cds_request(body: Any, expected_hook: str) -> CdsRequest:
 
     if problems:
         raise BadRequest("the CDS Hooks request is not valid", details=problems)
+    if missing_patient:
+        raise PreconditionFailed("the request names no patient, so the patient's data cannot be obtained",
+                                 details=["context.patientId: missing"])
     return CdsRequest(
         hook=hook,
         hook_instance=hook_instance,
@@ -169,9 +178,10 @@ def parse_timestamp(value: Any) -> datetime | None:
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         stamp = datetime.fromisoformat(text)
-    except ValueError:
+        # In UTC, as the spec states it; an instant outside years 1..9999 in UTC is not a time.
+        return stamp.astimezone(timezone.utc) if stamp.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return stamp if stamp.tzinfo is not None else None
 
 
 def parse_feedback(body: Any) -> list[FeedbackItem]:
