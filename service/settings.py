@@ -97,7 +97,8 @@ class PrefetchSettings(_Section):
         "continue",
         description="A failed FHIR query: continue (say so in cards), omit the key silently, or fail the call")
     pool_connections: int = Field(8, gt=0, description="HTTP connection pool size per FHIR server")
-    max_parallel_queries: int = Field(8, gt=0, description="Queries run at once per call")
+    max_parallel_queries: int = Field(
+        16, gt=0, description="Queries run at once per call (at least the number of prefetch keys, so one round suffices)")
 
 
 class FeedbackSettings(_Section):
