@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date
 from functools import lru_cache
 from typing import Any, Mapping
+from urllib.parse import unquote
 
 import fhir_fixtures
 
@@ -36,8 +37,8 @@ def _matches(resource: Mapping[str, Any], template: str) -> bool:
     text = " ".join(str(c.get("display", "")) for c in resource.get("code", {}).get("coding", ())) + " " + \
         str(resource.get("code", {}).get("text", ""))
     if "code:text=" in query:
-        word = query.split("code:text=", 1)[1].split("&")[0]
-        return word.lower() in text.lower()
+        words = unquote(query.split("code:text=", 1)[1].split("&")[0])
+        return words.lower() in text.lower()
     codes = {c.split("|")[-1] for c in query.split("code=", 1)[1].split("&")[0].split(",")}
     return any(c.get("code") in codes for c in resource.get("code", {}).get("coding", ()))
 

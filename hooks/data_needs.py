@@ -23,7 +23,7 @@ PREFETCH: dict[str, str] = {
         + _codes(vs.LOINC_IGG, vs.LOINC_IGM, vs.LOINC_IGA, vs.LOINC_IGG_SUBCLASSES, vs.LOINC_LYMPHOCYTE_SUBSETS)
         + "&_count=200"
     ),
-    "pneumococcalTiters": "Observation?patient={{context.patientId}}&code:text=pneumoniae&_count=200",
+    "pneumococcalTiters": "Observation?patient={{context.patientId}}&code:text=Streptococcus%20pneumoniae&_count=200",
     "weight": "Observation?patient={{context.patientId}}&code=" + _codes(vs.LOINC_BODY_WEIGHT) + "&_sort=-date&_count=1",
     "conditions": "Condition?patient={{context.patientId}}&_count=200",
     "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=100",
