@@ -36,7 +36,9 @@ def explained_by_other_indication(facts: Facts) -> bool:
 
 
 def in_scope(facts: Facts, ivig_ordered: bool) -> bool:
-    """Whether the IVIG question arises: an order, low IgM/IgG, a hyper-IgM clue, or IVIG history."""
+    """Whether the IVIG question arises: always with an immune globulin order; otherwise low IgM or IgG,
+    a hyper-IgM diagnosis, IVIG history, an IgM drawn after IVIG or an impaired PPSV23 response —
+    unless the IVIG history is explained by another active indication without antibody deficiency."""
     if ivig_ordered:
         return True
     if explained_by_other_indication(facts):

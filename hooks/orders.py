@@ -199,8 +199,10 @@ def order_g_per_kg(order: IvigOrder, facts: Facts) -> float | None:
 
 
 @rule(kind="order", branch="criteria.md: IVIG ordered for a different indication",
-      checks="the order's reason (or an active diagnosis) is another IVIG indication — ITP, Kawasaki disease, "
-             "Guillain–Barré, CIDP, myasthenia — so the order is outside this guideline and never 'not indicated'",
+      checks="the order's reason is another IVIG indication — ITP, Kawasaki disease, Guillain–Barré, CIDP, "
+             "myasthenia — or the patient has such an active diagnosis and the order gives no reason or an "
+             "immunomodulatory dose (within the configured g/kg range): outside this guideline, never "
+             "'not indicated'",
       reads=("order reason", "diagnoses", "order dose", "weight"),
       thresholds=("immunomodulatory_dose_min_g_per_kg", "immunomodulatory_dose_max_g_per_kg"),
       topics={OS: ()}, references=("perez-2017", "guideline"))
@@ -212,7 +214,8 @@ def ordered_for_other_indication(order: IvigOrder, facts: Facts, cfg: GuidelineC
     if facts.other_indications:
         g_per_kg = order_g_per_kg(order, facts)
         dose_note = f", dose {g_per_kg:.2g} g/kg" if g_per_kg is not None else ""
-        immunomodulatory = g_per_kg is not None and g_per_kg >= cfg.immunomodulatory_dose_min_g_per_kg
+        immunomodulatory = (g_per_kg is not None and cfg.immunomodulatory_dose_min_g_per_kg - 1e-9 <= g_per_kg
+                            <= cfg.immunomodulatory_dose_max_g_per_kg + 1e-9)
         if immunomodulatory or not order.reasons:
             return Assessment("ordered_for_other_indication", None,
                               f"patient has {facts.other_indications[0]}{dose_note}",

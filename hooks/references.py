@@ -33,11 +33,11 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in (
         "perez-2017", "Perez 2017 (immunoglobulin use)",
         "Perez EE et al. Update on the use of immunoglobulin in human disease: a review of evidence. "
         "J Allergy Clin Immunol 2017;139(3S):S1–S46.",
-        "https://doi.org/10.1016/j.jaci.2016.09.023"),
+        None),
     Reference(
         "taietti-2023", "Taietti 2023 (paediatric selective IgM deficiency)",
-        "Taietti I et al. Selective IgM deficiency in children (review). Diagnostics 2023;13:2861.",
-        None),
+        "Taietti I et al. Selective IgM deficiency: evidence, controversies, and gaps. Diagnostics 2023;13(17):2861.",
+        "https://doi.org/10.3390/diagnostics13172861"),
     Reference(
         "higm", "Hyper-IgM syndrome literature (guideline refs 5–6)",
         "Hyper-IgM syndromes (CD40 ligand / AID deficiencies): regular IVIG and prophylactic antibiotics; "

@@ -171,8 +171,11 @@ def hyper_igm_pattern(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
 
 
 @rule(kind="decision", branch="criteria.md Decision 2: Confounded",
-      checks="the IgM/IgG/titers that would decide were drawn within the confounding window after IVIG/SCIG",
-      reads=("IgM", "IgG", "PPSV23 titers", "IVIG history"), thresholds=("ivig_confounding_months",),
+      checks="the IgM/IgG/titers that would decide were drawn within the confounding window after IVIG/SCIG "
+             "(titers decide only with recurrent severe infections and IgG not deficient); results from before "
+             "IVIG that establish Decisions 3–5 take precedence",
+      reads=("IgM", "IgG", "PPSV23 titers", "IVIG history", "infections"),
+      thresholds=("ivig_confounding_months", "recurrent_severe_infection_count"),
       topics={PV: (Topic.LABS_CONFOUNDED_BY_IVIG,), OS: (Topic.LABS_CONFOUNDED_BY_IVIG, Topic.IVIG_NOT_INDICATED)},
       references=("bonilla-2015", "guideline"))
 def confounded_by_recent_ivig(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -208,7 +211,8 @@ def confounded_by_recent_ivig(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
 
 
 @rule(kind="decision", branch="criteria.md Decision 3: Indicated — IgG deficiency",
-      checks="IgG below the deficiency threshold with recurrent severe bacterial infections",
+      checks="IgG below the deficiency threshold with recurrent severe bacterial infections, whatever the IgM "
+             "(a patient who needs IVIG is never told it is not indicated)",
       reads=("IgG", "infections"),
       thresholds=("igg_deficient_mg_dl", "igg_borderline_from_mg_dl", "recurrent_severe_infection_count",
                   "infection_window_months"),
@@ -238,11 +242,11 @@ def indicated_by_igg_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResul
 
 @rule(kind="decision", branch="criteria.md Decision 4: Indicated — impaired specific antibody",
       checks="impaired PPSV23 response (too few protective serotypes 4–8 weeks after vaccination) with "
-             "recurrent severe infections",
+             "recurrent severe infections, whatever the IgM",
       reads=("PPSV23 titers", "PPSV23 vaccination", "infections", "age"),
       thresholds=("titer_protective_ug_ml", "ppsv23_protective_fraction", "ppsv23_protective_fraction_young_child",
                   "young_child_age_years", "post_titer_min_days", "post_titer_max_days",
-                  "recurrent_severe_infection_count"),
+                  "recurrent_severe_infection_count", "infection_window_months"),
       topics={PV: (Topic.IVIG_INDICATED,), OS: (Topic.IVIG_INDICATED,)},
       references=("orange-2012", "bonilla-2015", "gupta-2017"))
 def indicated_by_impaired_pneumococcal_response(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -342,7 +346,7 @@ def short_missing(keys) -> str:
       checks="the indication cannot be judged: infection history unknown, IgG (or IgM) missing or stale, or — with "
              "recurrent severe infections and IgG not deficient — no interpretable PPSV23 pre/post titers",
       reads=("IgM", "IgG", "PPSV23 titers", "infections", "lymphocyte subsets"),
-      thresholds=("stale_lab_months", "infection_window_months"),
+      thresholds=("stale_lab_months", "infection_window_months", "recurrent_severe_infection_count"),
       topics={PV: (Topic.WORKUP_INCOMPLETE,), OS: (Topic.IVIG_NOT_INDICATED, Topic.WORKUP_INCOMPLETE)},
       references=("bonilla-2015", "orange-2012"))
 def workup_incomplete(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -382,7 +386,8 @@ def workup_incomplete(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
 @rule(kind="decision", branch="criteria.md Decision 7: Isolated IgM deficiency",
       checks="low IgM, normal IgG, pneumococcal response not impaired, no recurrent severe infections",
       reads=("IgM", "IgG", "PPSV23 titers", "infections"),
-      thresholds=("igm_low_mg_dl", "igg_deficient_mg_dl", "recurrent_severe_infection_count"),
+      thresholds=("igm_low_mg_dl", "igg_deficient_mg_dl", "recurrent_severe_infection_count",
+                  "infection_window_months"),
       topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
       references=("taietti-2023", "gupta-2017", "bonilla-2015"))
 def isolated_igm_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -436,7 +441,8 @@ def incidental_low_igm(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
       checks="low IgM with recurrent severe infections but normal IgG and adequate PPSV23 response, "
              "no life-threatening or encapsulated-organism criterion",
       reads=("IgM", "IgG", "PPSV23 titers", "infections"),
-      thresholds=("recurrent_severe_infection_count", "igg_deficient_mg_dl", "ppsv23_protective_fraction"),
+      thresholds=("igm_low_mg_dl", "recurrent_severe_infection_count", "infection_window_months",
+                  "igg_deficient_mg_dl", "ppsv23_protective_fraction"),
       topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
       references=("bonilla-2015", "guideline"))
 def recurrent_severe_infections_with_normal_workup(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -463,9 +469,11 @@ def recurrent_severe_infections_with_normal_workup(facts: Facts, cfg: GuidelineC
 
 @rule(kind="decision", branch="criteria.md Decisions 3–5 (their infection criterion not met)",
       checks="low IgM, low IgG or impaired PPSV23 response, but neither recurrent severe, life-threatening nor "
-             "encapsulated-organism infections: replacement not supported",
+             "encapsulated-organism infections: replacement not supported (no patient-view card when IgM is "
+             "not low: that is outside the IgM-deficiency guideline)",
       reads=("IgM", "IgG", "PPSV23 titers", "infections"),
-      thresholds=("recurrent_severe_infection_count",),
+      thresholds=("igm_low_mg_dl", "igg_deficient_mg_dl", "recurrent_severe_infection_count",
+                  "infection_window_months"),
       topics={PV: (Topic.ISOLATED_IGM_DEFICIENCY,), OS: (Topic.IVIG_NOT_INDICATED,)},
       references=("bonilla-2015", "guideline"))
 def antibody_deficiency_without_infection_criterion(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -544,7 +552,7 @@ def trough_below_target(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
 
 @rule(kind="monitoring", branch="criteria.md On treatment: trough monitoring interval",
       checks="on IVIG, no trough IgG within the monitoring interval",
-      reads=("IVIG history", "IgG"), thresholds=("trough_overdue_months", "interval_max_weeks"),
+      reads=("IVIG history", "IgG"), thresholds=("trough_overdue_months", "interval_max_weeks", "on_treatment_days"),
       topics={PV: (Topic.IVIG_MONITORING,), OS: (Topic.IVIG_MONITORING,)},
       references=("bonilla-2015",))
 def trough_overdue(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -575,7 +583,8 @@ def trough_overdue(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
 @rule(kind="workup", branch="criteria.md Facts: lymphocyte subsets; Diagnostic evaluation before treatment",
       checks="standard work-up items missing or stale while another rule decided (their absence makes the "
              "work-up incomplete, not the indication false)",
-      reads=("IgG", "PPSV23 titers", "infections", "lymphocyte subsets"), thresholds=("stale_lab_months",),
+      reads=("IgG", "PPSV23 titers", "infections", "lymphocyte subsets"),
+      thresholds=("stale_lab_months", "infection_window_months"),
       topics={PV: (Topic.WORKUP_INCOMPLETE,), OS: (Topic.WORKUP_INCOMPLETE,)},
       references=("bonilla-2015",))
 def workup_gaps(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
@@ -604,4 +613,8 @@ def check_registry() -> list[str]:
                 problems.append(f"{spec.name}: unknown threshold {name}")
         if not spec.topics:
             problems.append(f"{spec.name}: no topics")
+        if set(spec.topics) - {PV, OS}:
+            problems.append(f"{spec.name}: topics for unknown hooks {sorted(set(spec.topics) - {PV, OS})}")
+        if not spec.reads:
+            problems.append(f"{spec.name}: reads no facts")
     return problems

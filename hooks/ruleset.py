@@ -11,7 +11,7 @@ import json
 
 from hooks.config import GuidelineConfig
 
-RULES_VERSION = "1.0.0"
+RULES_VERSION = "1.0.1"
 
 
 def config_fingerprint(config: GuidelineConfig) -> str:

@@ -47,10 +47,6 @@ class ValueSet:
         return frozenset((c.system, c.code) for c in self.codes)
 
 
-def _icd_systems(system: str) -> tuple[str, ...]:
-    return (ICD10CM, ICD10) if system == ICD10CM else (system,)
-
-
 def _codes(system: str, rows: list[tuple[str, str]], verified: bool = True) -> tuple[Code, ...]:
     return tuple(Code(system, code, display, verified) for code, display in rows)
 
@@ -300,9 +296,9 @@ SUBCUTANEOUS_HCPCS = frozenset({"J1559", "J1575"})
 
 #: Brand and generic names that identify immune globulin (IgG) replacement products.
 TEXT_IMMUNE_GLOBULIN = _rx(
-    r"immune\s*-?\s*globulin|immuno\s*-?\s*globulin|\bivig\b|\bscig\b|\bigiv\b|\bigsc\b|\bivig\b|"
+    r"immune\s*-?\s*globulin|immuno\s*-?\s*globulin|\bivig\b|\bscig\b|\bigiv\b|\bigsc\b|"
     r"privigen|bivigam|gammaplex|gamunex|gammaked|octagam|gammagard|flebogamma|hizentra|hyqvia|"
-    r"panzyga|asceniv|cutaquig|xembify|cuvitru|carimune|yimmugo|alyglo|gammanorm|kiovig|intratect|hyqvia"
+    r"panzyga|asceniv|cutaquig|xembify|cuvitru|carimune|yimmugo|alyglo|gammanorm|kiovig|intratect"
 )
 #: Hyperimmune and other globulins that are not IgG replacement: never an IVIG order.
 TEXT_NOT_REPLACEMENT_GLOBULIN = _rx(
