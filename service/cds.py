@@ -18,6 +18,7 @@ from flask import Blueprint, Response, g, request
 
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 from service.app import AppState, state
+from service import guards
 from service.errors import NotFound
 from service.feedback import IssuedCard
 from service.jsonbody import read_json
@@ -69,7 +70,10 @@ def invoke(service_id: str):
     st = state()
     service = _service(st, service_id)
     identity = st.authenticator.verify(request)
-    cds_request = parse_cds_request(_read_body(st), service.hook)
+    body = _read_body(st)
+    guards.check_resource_count(body, st.settings.limits.max_resources)
+    cds_request = parse_cds_request(body, service.hook)
+    guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
     run_date = today()
     completed = st.prefetcher.complete(cds_request, service, run_date)
     result: HookResult = service.handler(HookRequest(
@@ -83,6 +87,7 @@ def invoke(service_id: str):
         unavailable=completed.unavailable,
         extra_resources=completed.extra_resources,
         base_url=base_url(),
+        smart_launch_url=f"{base_url()}/smart/launch",
         ruleset_version=st.ruleset_version,
         tenant=identity.tenant,
     ))
@@ -125,6 +130,7 @@ def _record_issued(st: AppState, service: ServiceDefinition, hook_instance: str,
             issued_at=now,
             suggestion_uuids=tuple(s["uuid"] for s in card.get("suggestions", []) if "uuid" in s),
             patient_hash=patient_hash,
+            suggestion_labels=tuple(str(s.get("label", "")) for s in card.get("suggestions", []) if "uuid" in s),
         ))
     st.store.record_issued(records)
 
@@ -136,6 +142,7 @@ def feedback(service_id: str):
     st.authenticator.verify(request)
     items = parse_feedback(_read_body(st))
     outcome = st.store.store_feedback(service.id, items)
+    g.cds_feedback_outcomes = [item.outcome for item in items]  # counted per outcome by service/metrics.py
     log.info("feedback stored", extra={"service": service.id, "count": outcome.stored})
     return json_response({
         "stored": outcome.stored,

@@ -70,6 +70,8 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # werkzeug's access log prints the full URL and client address in plain text; ours replaces it.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # urllib3 quotes request URLs (debug lines, retry warnings): FHIR queries carry patient ids.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _valid_request_id(value: str | None) -> str | None:
