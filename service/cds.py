@@ -71,7 +71,7 @@ def invoke(service_id: str):
     service = _service(st, service_id)
     identity = st.authenticator.verify(request)
     body = _read_body(st)
-    guards.check_resource_count(body, st.settings.limits.max_resources)
+    guards.check_resource_count(body, st.settings.limits.max_resources, request.get_data(cache=True))
     cds_request = parse_cds_request(body, service.hook)
     guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
     run_date = today()

@@ -80,6 +80,12 @@ def _valid_request_id(value: str | None) -> str | None:
     return None
 
 
+def _known_service(service_id: str | None) -> str | None:
+    import hooks
+
+    return service_id if service_id in hooks.SERVICES else None
+
+
 def init_app(app: Flask) -> None:
     """A request id on every request (accepting a sane X-Request-ID) and one access line each."""
     access = logging.getLogger("ivig_cds.access")
@@ -102,7 +108,8 @@ def init_app(app: Flask) -> None:
                 "path": request.url_rule.rule if request.url_rule else "(unmatched)",
                 "status": response.status_code,
                 "duration_ms": duration,
-                "service": (request.view_args or {}).get("service_id"),
+                # only ids we publish: an unknown id in the URL is caller-chosen text
+                "service": _known_service((request.view_args or {}).get("service_id")),
             },
         )
         return response

@@ -181,3 +181,23 @@ def test_development_default_allows_loopback_and_https_only(make_client):
         port = s.getsockname()[1]
     assert client.post(HOOK, json=patient_view_body(fhirServer=f"http://127.0.0.1:{port}/fhir")).status_code == 200
     assert client.post(HOOK, json=patient_view_body(fhirServer="http://192.168.1.10/fhir")).status_code == 400
+
+
+def test_byte_level_bound_never_lets_too_many_resources_through():
+    """The fast path skips the walk only when the key text itself is rare enough."""
+    import orjson
+
+    from service.errors import PayloadTooLarge
+    from service.guards import check_resource_count
+
+    body = {"prefetch": {"labs": observations(49)}}  # 49 Observations + their Bundle = 50
+    check_resource_count(body, 50, orjson.dumps(body))  # exactly at the limit: fine
+    try:
+        check_resource_count(body, 49, orjson.dumps(body))
+    except PayloadTooLarge:
+        pass
+    else:  # pragma: no cover - the assertion
+        raise AssertionError("50 resources passed a limit of 49")
+    # text that merely mentions "resourceType" makes the bound loose, never wrong: the walk decides
+    chatty = {"prefetch": {"labs": observations(3)}, "extension": {"note": ['"resourceType"'] * 100}}
+    check_resource_count(chatty, 10, orjson.dumps(chatty))

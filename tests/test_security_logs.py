@@ -137,3 +137,20 @@ def test_full_request_cycles_leave_no_secrets_or_identifiers_in_logs(tmp_path, c
     assert any('"reason":"expired"' in line for line in lines)  # and the auth failures
     leaks = [(what, line) for line in lines for what, value in secrets.items() if value in line]
     assert not leaks, leaks[:5]
+
+
+def test_unknown_service_ids_from_the_url_never_reach_the_log(caplog):
+    import logging
+
+    from service.app import create_app
+    from service.feedback import MemoryFeedbackStore
+    from service.settings import load_settings
+
+    app = create_app(load_settings(environ={}, overrides={"data_dir": "/tmp/ivig-cds-logtest"}), store=MemoryFeedbackStore())
+    with caplog.at_level(logging.INFO, logger="ivig_cds.access"):
+        app.test_client().post("/cds-services/Patient-Jane-Doe-1970", json={})
+        app.test_client().get("/cds-services")
+    records = [r for r in caplog.records if r.name == "ivig_cds.access"]
+    assert records and all(getattr(r, "service", None) in (None, "ivig-order-sign", "ivig-patient-view",
+                                                            "ivig-order-select") for r in records)
+    assert not any("Jane" in str(vars(r)) for r in records)
