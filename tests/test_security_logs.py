@@ -139,14 +139,14 @@ def test_full_request_cycles_leave_no_secrets_or_identifiers_in_logs(tmp_path, c
     assert not leaks, leaks[:5]
 
 
-def test_unknown_service_ids_from_the_url_never_reach_the_log(caplog):
+def test_unknown_service_ids_from_the_url_never_reach_the_log(caplog, tmp_path):
     import logging
 
     from service.app import create_app
     from service.feedback import MemoryFeedbackStore
     from service.settings import load_settings
 
-    app = create_app(load_settings(environ={}, overrides={"data_dir": "/tmp/ivig-cds-logtest"}), store=MemoryFeedbackStore())
+    app = create_app(load_settings(environ={}, overrides={"data_dir": str(tmp_path)}), store=MemoryFeedbackStore())
     with caplog.at_level(logging.INFO, logger="ivig_cds.access"):
         app.test_client().post("/cds-services/Patient-Jane-Doe-1970", json={})
         app.test_client().get("/cds-services")
