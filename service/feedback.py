@@ -27,6 +27,8 @@ class IssuedCard:
     issued_at: datetime
     suggestion_uuids: tuple[str, ...] = ()
     patient_hash: str | None = None
+    #: labels of the suggestions, same order: reports show uptake per suggestion by name
+    suggestion_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
