@@ -104,6 +104,11 @@ def render_table(data: dict[str, Any]) -> str:
         for s in r["suggestions"]:
             lines.append(f"    suggestion \"{s['label']}\": accepted {s['accepted']} of {s['offered']} offered "
                          f"({_pct(s['acceptanceRate'])})")
+    if data.get("rulesetVersions"):
+        lines += ["", "By ruleset version (the logic that produced the cards):"]
+        for v in data["rulesetVersions"]:
+            lines.append(f"    {v['rulesetVersion']}: {v['cardsShown']} shown, {v['accepted']} accepted, "
+                         f"{v['overridden']} overridden ({_pct(v['overrideRate'])} overridden)")
     t = data["totals"]
     lines += ["", f"Total: {t['cardsShown']} card(s) shown, {t['feedback']} feedback item(s): "
                   f"{t['accepted']} accepted, {t['overridden']} overridden; "
@@ -125,6 +130,9 @@ def render_csv(data: dict[str, Any]) -> str:
                              reason["display"] or "", reason["count"], r["overridden"]))
         for s in r["suggestions"]:
             writer.writerow((*base, "suggestion_accepted", "", "", "", s["label"], s["accepted"], s["offered"]))
+    for v in data.get("rulesetVersions", []):
+        for measure in ("cardsShown", "accepted", "overridden"):
+            writer.writerow(("", "", f"ruleset_{_snake(measure)}", "", v["rulesetVersion"], "", "", v[measure], ""))
     return out.getvalue().rstrip("\n")
 
 

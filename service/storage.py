@@ -559,6 +559,7 @@ def build_report(conn: Connection, since: datetime | None) -> dict[str, Any]:
             {"code": code, "system": system, "display": display if code else NO_REASON, "count": n})
 
     _suggestion_uptake(conn, card_filter, fb_filter, row)
+    by_version = _by_ruleset_version(conn, card_filter, fb_filter)
 
     out_rows = []
     for key in sorted(rows, key=lambda k: (k[0], k[1] is None, k[1] or "")):
@@ -583,7 +584,30 @@ def build_report(conn: Connection, since: datetime | None) -> dict[str, Any]:
         "generatedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "totals": totals,
         "topics": out_rows,
+        "rulesetVersions": by_version,
     }
+
+
+def _by_ruleset_version(conn: Connection, card_filter, fb_filter) -> list[dict[str, Any]]:
+    """Cards and outcomes per ruleset version: which logic produced the cards that were overridden."""
+    versions: dict[str, dict[str, Any]] = {}
+
+    def entry(version: str) -> dict[str, Any]:
+        return versions.setdefault(version, {"rulesetVersion": version, "cardsShown": 0, "accepted": 0,
+                                             "overridden": 0, "overrideRate": None})
+
+    shown = select(issued_card.c.ruleset_version, func.count()).where(*card_filter) \
+        .group_by(issued_card.c.ruleset_version)
+    for version, n in conn.execute(shown):
+        entry(version)["cardsShown"] = n
+    outcomes = select(issued_card.c.ruleset_version, feedback.c.outcome, func.count()) \
+        .select_from(feedback.join(issued_card, issued_card.c.uuid == feedback.c.card_uuid)) \
+        .where(*fb_filter).group_by(issued_card.c.ruleset_version, feedback.c.outcome)
+    for version, outcome, n in conn.execute(outcomes):
+        entry(version)[outcome] = n
+    for e in versions.values():
+        e["overrideRate"] = _rate(e["overridden"], e["accepted"] + e["overridden"])
+    return [versions[v] for v in sorted(versions)]
 
 
 def _suggestion_uptake(conn: Connection, card_filter, fb_filter, row) -> None:

@@ -281,3 +281,38 @@ def test_analytics_overrides_is_protected_like_the_cds_endpoints(tmp_path, popul
         assert allowed.get_json()["totals"]["feedback"] == 8
     finally:
         app.extensions["ivig_cds"].close()
+
+
+def test_report_breaks_outcomes_down_by_ruleset_version(tmp_path):
+    """A committee can tell which logic produced the overridden cards."""
+    from datetime import datetime, timezone
+
+    from service.feedback import IssuedCard
+    from service.models import FeedbackItem
+    from service.reporting import render_csv, render_table
+    from service.storage import open_store
+    from tests.conftest import make_settings
+
+    store = open_store(make_settings(tmp_path))
+    now = datetime.now(timezone.utc)
+    try:
+        store.record_issued([
+            IssuedCard("c-old", "ivig-order-sign", "h1", "ivig-not-indicated", "warning", "1.0.0+cfg.aaaa", now),
+            IssuedCard("c-new", "ivig-order-sign", "h2", "ivig-not-indicated", "warning", "1.0.1+cfg.bbbb", now),
+            IssuedCard("c-new2", "ivig-order-sign", "h3", "ivig-not-indicated", "warning", "1.0.1+cfg.bbbb", now),
+        ])
+        store.flush()
+        store.store_feedback("ivig-order-sign", [
+            FeedbackItem("c-old", "overridden", now, (), "other-indication", "urn:x", "Other", None),
+            FeedbackItem("c-new", "overridden", now, (), "immunology-consulted", "urn:x", "Immunology", None),
+            FeedbackItem("c-new2", "accepted", now, ("s1",), None, None, None, None),
+        ])
+        data = store.report(None)
+    finally:
+        store.close()
+    by_version = {v["rulesetVersion"]: v for v in data["rulesetVersions"]}
+    assert by_version["1.0.0+cfg.aaaa"] == {"rulesetVersion": "1.0.0+cfg.aaaa", "cardsShown": 1, "accepted": 0,
+                                            "overridden": 1, "overrideRate": 1.0}
+    assert by_version["1.0.1+cfg.bbbb"]["cardsShown"] == 2 and by_version["1.0.1+cfg.bbbb"]["overrideRate"] == 0.5
+    assert "1.0.1+cfg.bbbb: 2 shown, 1 accepted, 1 overridden (50% overridden)" in render_table(data)
+    assert ",,ruleset_overridden,,1.0.0+cfg.aaaa,,,1," in render_csv(data)
