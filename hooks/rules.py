@@ -110,7 +110,7 @@ def is_borderline_igg(facts: Facts, cfg: GuidelineConfig) -> bool:
 def window_text(facts: Facts, cfg: GuidelineConfig) -> str:
     """'in 12 months', or for a patient on IVIG 'since 12 months before IVIG started'."""
     if facts.infections.window_start < add_months(facts.today, -cfg.infection_window_months):
-        return f"since {cfg.infection_window_months} months before IVIG started"
+        return "before or on IVIG"  # window: 12 months before the first dose to today
     return f"in {cfg.infection_window_months} months"
 
 

@@ -27,6 +27,10 @@ def init_app(app: Flask, allow_origins: list[str]) -> None:
     @app.after_request
     def _cors_headers(response):
         allowed = _origin_allowed(request.headers.get("Origin"))
+        if allowed and request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Private Network Access: a public https page (the CDS Hooks sandbox) calling a
+            # service on localhost or the intranet asks first; the service is meant to be called.
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
         if allowed:
             response.headers["Access-Control-Allow-Origin"] = allowed
             response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS

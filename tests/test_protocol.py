@@ -929,3 +929,15 @@ def test_responses_are_json(client):
     for resp in calls:
         assert resp.mimetype == "application/json", (resp.status_code, resp.headers)
         json.loads(resp.get_data(as_text=True))
+
+
+def test_private_network_access_preflight_is_answered(client):
+    """A public page (the sandbox) calling a service on localhost asks first (Chrome's PNA)."""
+    resp = client.options("/cds-services/ivig-order-sign", headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Private-Network": "true"})
+    assert resp.status_code == 204
+    assert resp.headers["Access-Control-Allow-Private-Network"] == "true"
+    plain = client.options("/cds-services/ivig-order-sign", headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Private-Network" not in plain.headers
