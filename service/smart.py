@@ -8,15 +8,15 @@ Routes (blueprint ``smart``):
   server-side, and the browser is sent to the authorization endpoint.
 * ``GET /smart/app?code=...&state=...`` — the authorization-code callback: state checked against
   the launch bound to this browser, code exchanged with the verifier, the access token kept in
-  the in-memory session store, and the browser redirected to a clean ``/smart/app`` (no code in
-  its history).
+  the session store, and the browser redirected to a clean ``/smart/app`` (no code in its history).
 * ``GET /smart/app`` (with a session) or ``GET /smart/app?fixture=NAME`` (standalone, a built-in
   scenario dated to today) — the page; its script reads ``/smart/api/patient``.
 * ``GET /smart/api/patient[?fixture=NAME]`` — facts, decision trace and cards as JSON.
 
 Why a server-side session rather than a browser-side SMART client: the access token then never
 reaches the page, a URL or a log; the browser holds only an opaque, HttpOnly cookie. The store
-is per process (bounded, expiring): run the SMART page in one process or behind sticky sessions.
+is the service's database (service/smart_sessions.py), so a callback may reach any worker or
+replica; each entry is encrypted with a key derived from the cookie, which only the browser holds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import orjson
@@ -48,6 +48,9 @@ from service.auth_keys import fetchable_url
 from service.errors import CdsError
 from service.models import CdsRequest, FhirAuthorization
 from service.smart_view import build_view, patient_from
+
+if TYPE_CHECKING:
+    from service.smart_sessions import SqlSessionStore
 
 log = logging.getLogger("ivig_cds.smart")
 
@@ -93,7 +96,8 @@ class _Entry:
 class SessionStore:
     """Bounded, expiring, thread-safe map from an opaque id to launch state or an app session.
 
-    Held in memory only: an access token is never written to disk, a cookie, a URL or a log.
+    The in-process variant, used when the app has no database (tests with the in-memory feedback
+    store); with a database, ``service.smart_sessions.SqlSessionStore`` is shared by all workers.
     """
 
     max_entries: int = MAX_ENTRIES
@@ -140,16 +144,22 @@ class SessionStore:
             del self._entries[key]
 
 
-def _store(kind: str) -> SessionStore:
+def _store(kind: str) -> "SessionStore | SqlSessionStore":
     """The app's store of pending launches or of sessions: apart, so a flood of launches can evict
     only other launches, never a clinician's open session."""
     from service.app import state
 
-    extras = state().extras
+    st = state()
     name = {"launch": "smart_launches", "session": "smart_sessions"}[kind]
-    store = extras.get(name)
+    store = st.extras.get(name)
     if store is None:
-        store = extras.setdefault(name, SessionStore())
+        engine = getattr(st.store, "engine", None)
+        if engine is not None:  # the feedback database: shared by every worker and replica
+            from service.smart_sessions import SqlSessionStore
+
+            store = st.extras.setdefault(name, SqlSessionStore(engine, kind, max_entries=MAX_ENTRIES))
+        else:  # no database (tests with the in-memory feedback store): this process only
+            store = st.extras.setdefault(name, SessionStore())
     return store
 
 

@@ -10,7 +10,7 @@ from alembic import context
 from service.db import make_engine, metadata
 
 # Every module that declares tables on ``metadata`` is imported so that autogenerate sees them.
-for _module in ("service.storage", "service.auth_replay"):
+for _module in ("service.storage", "service.auth_replay", "service.smart_sessions"):
     try:
         importlib.import_module(_module)
     except ModuleNotFoundError as exc:
