@@ -241,6 +241,34 @@ def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
     return prune(card)
 
 
+def workup_plan(assessment: Assessment, ctx: CardContext, *, indicator: str, before_ivig: bool,
+                overridable: bool = False) -> CardPlan:
+    """The work-up card (both hooks): what is missing, with the orders for it one click away."""
+    from hooks.summaries import workup_summary
+
+    plan = CardPlan(Topic.WORKUP_INCOMPLETE, indicator, workup_summary(assessment, before_ivig), [assessment])
+    creates = workup_actions(assessment.missing_keys, ctx.patient_id)
+    if creates:
+        plan.suggestions = [suggestion("Order the missing work-up", creates, recommended=True)]
+    if overridable:
+        plan.override_reasons = dict(OVERRIDE_REASONS)
+    return plan
+
+
+def monitoring_plan(assessment: Assessment, ctx: CardContext) -> CardPlan:
+    """The trough-monitoring card (both hooks), with the trough IgG order one click away."""
+    from hooks.summaries import monitoring_summary
+
+    plan = CardPlan(Topic.IVIG_MONITORING, "warning", monitoring_summary(assessment), [assessment])
+    plan.suggestions = [suggestion("Order a trough IgG before the next infusion",
+                                   [create_action(*TROUGH_ORDER, ctx.patient_id)], True)]
+    return plan
+
+
+def referral_suggestion(ctx: CardContext) -> dict[str, Any]:
+    return suggestion("Refer to clinical immunology", [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)
+
+
 def finalize(plans: list[CardPlan], ctx: CardContext) -> list[dict[str, Any]]:
     """One card per topic (the first plan wins, later findings are merged in), ordered by urgency."""
     by_topic: dict[Topic, CardPlan] = {}

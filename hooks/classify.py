@@ -11,6 +11,13 @@ from typing import Any
 from hooks import valuesets as vs
 
 _SEROTYPES = frozenset(s.upper() for s in vs.PPSV23_SEROTYPES)
+#: LOINC groups in the order they are tried; None = recognised and deliberately not used (CSF IgG,
+#: IgG subclasses must never pass for serum total IgG)
+_LOINC_KINDS: tuple[tuple[frozenset[str], str | None], ...] = (
+    (vs.LOINC_IGG_CSF, None), (vs.LOINC_IGM, "IgM"), (vs.LOINC_IGG, "IgG"), (vs.LOINC_IGA, "IgA"),
+    (vs.LOINC_IGG_SUBCLASSES, None), (vs.LOINC_CD19, "CD19"), (vs.LOINC_CD4, "CD4"), (vs.LOINC_CD8, "CD8"),
+    (vs.LOINC_CD3, "CD3"), (vs.LOINC_BODY_WEIGHT, "weight"),
+)
 
 
 def texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
@@ -32,26 +39,9 @@ def classify_observation(obs: Any) -> str | None:
     """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
     texts, codes = texts_and_codes(obs.code)
     loinc = {c for s, c in codes if s in (vs.LOINC, "")}
-    if loinc & vs.LOINC_IGG_CSF:
-        return None
-    if loinc & vs.LOINC_IGM:
-        return "IgM"
-    if loinc & vs.LOINC_IGG:
-        return "IgG"
-    if loinc & vs.LOINC_IGA:
-        return "IgA"
-    if loinc & vs.LOINC_IGG_SUBCLASSES:
-        return None
-    if loinc & vs.LOINC_CD19:
-        return "CD19"
-    if loinc & vs.LOINC_CD4:
-        return "CD4"
-    if loinc & vs.LOINC_CD8:
-        return "CD8"
-    if loinc & vs.LOINC_CD3:
-        return "CD3"
-    if loinc & vs.LOINC_BODY_WEIGHT:
-        return "weight"
+    for group, kind in _LOINC_KINDS:
+        if loinc & group:
+            return kind
     text = " ".join(texts)
     if not text:
         return None

@@ -10,7 +10,7 @@ card. Only final/amended/corrected results count. "Today" is an argument, never 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
@@ -663,17 +663,6 @@ def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig,
 # ------------------------------------------------------------------ infections
 
 
-@dataclass
-class _Event:
-    when: date
-    label: str
-    severe: bool
-    life_threatening: bool
-    encapsulated: bool
-    hospitalised: bool
-    sources: list[str]
-
-
 def _condition_date(cond: Any) -> date | None:
     for value in (cond.onsetDateTime, getattr(cond.onsetPeriod, "start", None), cond.recordedDate):
         d = as_date(value)
@@ -718,7 +707,7 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
     dose for a patient on treatment: the infections that made the indication came before it)."""
     window_start = add_months(min(anchor or today, today), -config.infection_window_months)
     problems: list[str] = []
-    events: list[_Event] = []
+    events: list[Infection] = []
     condition_by_id: dict[str, Any] = {}
     for cond in read.of("Condition"):
         rid = read.raw_id(cond) or cond.id
@@ -750,8 +739,8 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
         infection = [(c, flags) for c, flags in infection if flags[0]]
         if infection and inpatient:
             concept, (_, severe, life, encapsulated) = infection[0]
-            events.append(_Event(start, concept_label(concept), True, life or icu,
-                                 any(f[3] for _, f in infection), True, [_label(enc, read)]))
+            events.append(Infection(start, concept_label(concept), True, life or icu,
+                                    any(f[3] for _, f in infection), True, (_label(enc, read),)))
     for cond in read.of("Condition"):
         verification = _code_of(cond.verificationStatus)
         if verification in ("refuted", "entered-in-error"):
@@ -767,8 +756,8 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
         if enc_ref and enc_ref in hospital_encounters:
             hospitalised = True
             life = life or hospital_encounters[enc_ref][1]
-        events.append(_Event(when, concept_label(cond.code), severe or hospitalised, life, encapsulated,
-                             hospitalised, [_label(cond, read)]))
+        events.append(Infection(when, concept_label(cond.code), severe or hospitalised, life, encapsulated,
+                                hospitalised, (_label(cond, read),)))
     episodes = _merge(events, config.infection_episode_merge_days)
     missing_keys = [k for k in ("conditions", "encounters") if k in unavailable]
     clinical_dates = list(clinical_dates)
@@ -781,25 +770,24 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
     return InfectionHistory(known, window_start, tuple(episodes), tuple(problems))
 
 
-def _merge(events: list[_Event], merge_days: int) -> list[Infection]:
+def _merge(events: list[Infection], merge_days: int) -> list[Infection]:
     """Records of one illness (its Condition, its admission) become one episode."""
-    events.sort(key=lambda e: e.when)
-    merged: list[_Event] = []
-    for ev in events:
+    merged: list[Infection] = []
+    for ev in sorted(events, key=lambda e: e.when):
         last = merged[-1] if merged else None
-        if last is not None and (ev.when - last.when).days <= merge_days:
-            last.severe |= ev.severe
-            last.life_threatening |= ev.life_threatening
-            last.encapsulated |= ev.encapsulated
-            last.hospitalised |= ev.hospitalised
-            last.sources.extend(ev.sources)
-            if ev.severe and not last.severe:
-                last.label = ev.label
+        if last is None or (ev.when - last.when).days > merge_days:
+            merged.append(ev)
             continue
-        merged.append(_Event(ev.when, ev.label, ev.severe, ev.life_threatening, ev.encapsulated, ev.hospitalised,
-                             list(ev.sources)))
-    return [Infection(e.when, e.label, e.severe, e.life_threatening, e.encapsulated, e.hospitalised, tuple(e.sources))
-            for e in merged]
+        merged[-1] = replace(
+            last,
+            label=ev.label if ev.severe and not last.severe else last.label,
+            severe=last.severe or ev.severe,
+            life_threatening=last.life_threatening or ev.life_threatening,
+            encapsulated=last.encapsulated or ev.encapsulated,
+            hospitalised=last.hospitalised or ev.hospitalised,
+            sources=last.sources + ev.sources,
+        )
+    return merged
 
 
 # ------------------------------------------------------------------ the rest

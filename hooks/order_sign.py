@@ -11,8 +11,9 @@ from typing import Any, Mapping
 
 from hooks import data_needs
 from hooks.assessment import Topic, Verdict
-from hooks.cards import (DOSE_OVERRIDE_REASONS, IMMUNOLOGY_REFERRAL, OVERRIDE_REASONS, TROUGH_ORDER, CardContext,
-                         CardPlan, create_action, delete_action, finalize, spec_of, suggestion, workup_actions)
+from hooks.cards import (DOSE_OVERRIDE_REASONS, IMMUNOLOGY_REFERRAL, OVERRIDE_REASONS, CardContext, CardPlan,
+                         create_action, delete_action, finalize, monitoring_plan, referral_suggestion, spec_of,
+                         suggestion, workup_actions, workup_plan)
 from hooks.engine import PatientEvaluation, evaluate_patient, is_other_indication
 from hooks.fhir_read import bare_id, iter_resources
 from hooks.orders import IvigOrder, draft_resources, may_be_immune_globulin, raw_medications, \
@@ -20,8 +21,7 @@ from hooks.orders import IvigOrder, draft_resources, may_be_immune_globulin, raw
 from hooks.patient_view import card_context
 from hooks.rules import OS
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
-from hooks.summaries import (confounded_summary, indicated_summary, monitoring_summary, not_indicated_summary,
-                             workup_summary)
+from hooks.summaries import confounded_summary, indicated_summary, not_indicated_summary
 
 RECHECK_RULES = frozenset({"isolated_igm_deficiency", "incidental_low_igm",
                            "antibody_deficiency_without_infection_criterion"})
@@ -85,30 +85,16 @@ def plans_for_orders(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardCo
                 plan = CardPlan(topic, "critical",
                                 f"Hyper-IgM pattern: {outcome.conclusion} — this patient needs IVIG and immunology referral",
                                 [outcome])
-                plan.suggestions = [suggestion("Refer to clinical immunology",
-                                               [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)]
+                plan.suggestions = [referral_suggestion(ctx)]
                 plans.append(plan)
             elif topic is Topic.LABS_CONFOUNDED_BY_IVIG:
                 plans.append(CardPlan(topic, "info", confounded_summary(outcome), [outcome]))
             elif topic is Topic.WORKUP_INCOMPLETE:
-                plan = CardPlan(topic, "warning", workup_summary(outcome, before_ivig=True), [outcome])
-                creates = workup_actions(outcome.missing_keys, ctx.patient_id)
-                if creates:
-                    plan.suggestions = [suggestion("Order the missing work-up", creates, recommended=True)]
-                plan.override_reasons = dict(OVERRIDE_REASONS)
-                plans.append(plan)
+                plans.append(workup_plan(outcome, ctx, indicator="warning", before_ivig=True, overridable=True))
     if d.gaps is not None:
-        plan = CardPlan(Topic.WORKUP_INCOMPLETE, "warning", workup_summary(d.gaps, before_ivig=True), [d.gaps])
-        creates = workup_actions(d.gaps.missing_keys, ctx.patient_id)
-        if creates:
-            plan.suggestions = [suggestion("Order the missing work-up", creates, recommended=True)]
-        plan.override_reasons = dict(OVERRIDE_REASONS)
-        plans.append(plan)
+        plans.append(workup_plan(d.gaps, ctx, indicator="warning", before_ivig=True, overridable=True))
     if d.monitoring is not None:
-        plan = CardPlan(Topic.IVIG_MONITORING, "warning", monitoring_summary(d.monitoring), [d.monitoring])
-        plan.suggestions = [suggestion("Order a trough IgG before the next infusion",
-                                       [create_action(*TROUGH_ORDER, ctx.patient_id)], True)]
-        plans.append(plan)
+        plans.append(monitoring_plan(d.monitoring, ctx))
     established = ev.facts.ivig.on_treatment
     for order in orders:
         for finding in ev.order_findings.get(order.label, []):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from hooks import data_needs
 from hooks.assessment import Topic
-from hooks.cards import (IMMUNOLOGY_REFERRAL, TROUGH_ORDER, CardContext, CardPlan, create_action, finalize,
-                         suggestion, workup_actions)
+from hooks.cards import CardContext, CardPlan, finalize, monitoring_plan, referral_suggestion, workup_plan
 from hooks.engine import PatientEvaluation, evaluate_patient
 from hooks.fhir_read import bare_id
 from hooks.rules import PV
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
-from hooks.summaries import monitoring_summary, patient_view_summary, workup_summary
+from hooks.summaries import patient_view_summary
 
 INDICATOR = {
     Topic.HYPER_IGM_PATTERN: "critical",
@@ -55,26 +54,18 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
     if d.outcome is not None and not outside_igm_deficiency(ev):
         spec = spec_of(d.outcome.rule)
         for topic in (spec.topics.get(PV, ()) if spec else ()):
-            plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts), [d.outcome])
-            if topic is Topic.WORKUP_INCOMPLETE and d.outcome.missing_keys:
-                actions = workup_actions(d.outcome.missing_keys, ctx.patient_id)
-                if actions:
-                    plan.suggestions = [suggestion("Order the missing work-up", actions, recommended=True)]
+            if topic is Topic.WORKUP_INCOMPLETE:
+                plan = workup_plan(d.outcome, ctx, indicator=INDICATOR[topic], before_ivig=False)
+                plan.summary = patient_view_summary(d.outcome, ev.facts)
+            else:
+                plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts), [d.outcome])
             if topic is Topic.HYPER_IGM_PATTERN:
-                plan.suggestions = [suggestion("Refer to clinical immunology",
-                                               [create_action(*IMMUNOLOGY_REFERRAL, ctx.patient_id)], True)]
+                plan.suggestions = [referral_suggestion(ctx)]
             plans.append(plan)
     if d.gaps is not None and not outside_igm_deficiency(ev):
-        plan = CardPlan(Topic.WORKUP_INCOMPLETE, "info", workup_summary(d.gaps, before_ivig=False), [d.gaps])
-        actions = workup_actions(d.gaps.missing_keys, ctx.patient_id)
-        if actions:
-            plan.suggestions = [suggestion("Order the missing work-up", actions, recommended=True)]
-        plans.append(plan)
+        plans.append(workup_plan(d.gaps, ctx, indicator="info", before_ivig=False))
     if d.monitoring is not None:
-        plan = CardPlan(Topic.IVIG_MONITORING, "warning", monitoring_summary(d.monitoring), [d.monitoring])
-        plan.suggestions = [suggestion("Order a trough IgG before the next infusion",
-                                       [create_action(*TROUGH_ORDER, ctx.patient_id)], True)]
-        plans.append(plan)
+        plans.append(monitoring_plan(d.monitoring, ctx))
     return plans
 
 
