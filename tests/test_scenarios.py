@@ -105,3 +105,34 @@ def test_sample_transaction_bundle_is_current():
     assert on_disk == sample_transaction_bundle()
     assert on_disk["type"] == "transaction"
     assert {e["request"]["method"] for e in on_disk["entry"]} == {"PUT"}
+
+
+def _one_scenario_per_topic_and_hook() -> list[tuple[str, str]]:
+    chosen: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, hook in CASES:
+        for topic in fhir_fixtures.load_json(name, "expected.json")["expected"][hook]:
+            chosen.setdefault((topic, hook), (name, hook))
+    return sorted(set(chosen.values()))
+
+
+def test_every_topic_on_every_hook_over_a_real_http_server(app, monkeypatch):
+    """Real sockets, real serialisation: each topic on each hook at least once, plus a no-card case."""
+    import requests
+
+    import service.cds as cds
+    from tests.servers import live_app
+
+    monkeypatch.setattr(cds, "today", lambda: date(2026, 11, 24))
+    cases = _one_scenario_per_topic_and_hook() + [("no-ig-data-non-ivig-order", "order-sign")]
+    seen: set[tuple[str, str]] = set()
+    with live_app(app) as base, requests.Session() as http:
+        http.trust_env = False
+        for name, hook in cases:
+            body = fhir_fixtures.load_json(name, f"request-{hook}.json")
+            resp = http.post(f"{base}/cds-services/{_service(hook).id}", json=body, timeout=30)
+            assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/json", name
+            expected = fhir_fixtures.load_json(name, "expected.json")["expected"][hook]
+            assert sorted(topics(resp.json())) == sorted(expected), name
+            assert response_problems(resp.json()) == []
+            seen |= {(t, hook) for t in expected}
+    assert len({t for t, _ in seen}) == 8  # all eight topics of the contract
