@@ -109,7 +109,8 @@ PPSV23_SEROTYPES: tuple[str, ...] = (
     "1", "2", "3", "4", "5", "6B", "7F", "8", "9N", "9V", "10A", "11A", "12F", "14", "15B", "17F",
     "18C", "19A", "19F", "20", "22F", "23F", "33F",
 )
-TEXT_PNEUMOCOCCAL = _rx(r"pneumococ|s(trep(tococcus)?)?\.?\s*pneumoniae|\bspn\b")
+#: S. pneumoniae, not Mycoplasma/Klebsiella/Chlamydia pneumoniae (their antibodies are other tests)
+TEXT_PNEUMOCOCCAL = _rx(r"pneumococ|\bs(trep(tococcus)?)?\.?\s*pneumoniae|\bstrep\w*\.?\s*pneumo|\bspn\b")
 #: "serotype 6B", "Danish type 23F", "(19A)", "S. pneumoniae 14 IgG Ab" ...
 SEROTYPE_PATTERN = _rx(
     r"(?:sero\s*type|danish\s*(?:sero)?type|\btype|\bst|pneumoniae|pneumococcal|\()\s*"

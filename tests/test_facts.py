@@ -189,3 +189,30 @@ def test_other_indication_from_active_diagnosis():
     assert facts_of(rec).other_indications == ("Immune thrombocytopenic purpura",)
     resolved = Record("p").diagnosis("D69.3", "ITP", ago(months=30), clinical_status="resolved")
     assert facts_of(resolved).other_indications == ()
+
+
+@pytest.mark.parametrize(("text", "serotype"), [
+    ("Streptococcus pneumoniae Danish serotype 6B IgG Ab [Mass/volume] in Serum", "6B"),
+    ("S. pneumoniae type 14 IgG Ab", "14"),
+    ("Strep pneumo IgG serotype 9N", "9N"),
+    ("Pneumococcal Ab serotype 23F", "23F"),
+    ("S pneumoniae 19A IgG", "19A"),
+])
+def test_pneumococcal_titers_recognised_by_text(text, serotype):
+    from hooks.classify import classify_observation, serotype_of
+    from hooks.fhir_read import read_resources
+
+    rec = Record("p").lab("titer", 2.0, "ug/mL", ago(days=3), code=False, text=text)
+    obs = read_resources([rec.bundle()], "p").of("Observation")[0]
+    assert classify_observation(obs) == "titer" and serotype_of(obs) == serotype
+
+
+@pytest.mark.parametrize("text", ["Mycoplasma pneumoniae IgG Ab", "Klebsiella pneumoniae culture",
+                                  "Chlamydia pneumoniae IgG", "Streptococcus pyogenes Ab"])
+def test_other_organisms_are_not_pneumococcal_titers(text):
+    from hooks.classify import classify_observation
+    from hooks.fhir_read import read_resources
+
+    rec = Record("p").lab("titer", 2.0, "ug/mL", ago(days=3), code=False, text=text)
+    models = read_resources([rec.bundle()], "p").of("Observation")
+    assert all(classify_observation(o) != "titer" for o in models)
