@@ -6,6 +6,8 @@ with its trace; hook modules call it and render cards. No I/O, no clock.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Mapping
@@ -14,7 +16,7 @@ from hooks import orders as order_rules
 from hooks.assessment import Assessment, Decision, NotApplicable, Verdict
 from hooks.config import GuidelineConfig
 from hooks.facts import Facts, extract_facts
-from hooks.fhir_read import ReadResult, iter_resources, read_raw
+from hooks.fhir_read import ReadResult, Skipped, iter_resources, read_raw
 from hooks.rules import DECISION_RULES, MONITORING_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
@@ -98,7 +100,9 @@ class PatientEvaluation:
 
     facts: Facts
     decision: Decision
-    read: ReadResult
+    #: fields dropped to read a resource (the validated models themselves are not kept: a memoised
+    #: evaluation must not hold a record's models alive beyond the bounded resource cache)
+    notes: list[Skipped]
     orders: list[order_rules.IvigOrder] = field(default_factory=list)
     #: order label -> order-rule results that applied
     order_findings: dict[str, list[Assessment]] = field(default_factory=dict)
@@ -118,7 +122,7 @@ class PatientEvaluation:
             "order_rules": self.order_trace,
             "facts": facts_summary(f),
             "data_problems": list(f.problems),
-            "notes": [f"{n.resource}: {n.reason}" for n in self.read.notes],
+            "notes": [f"{n.resource}: {n.reason}" for n in self.notes],
         }
 
 
@@ -144,6 +148,38 @@ def facts_summary(f: Facts) -> dict[str, Any]:
     }
 
 
+class _EvaluationMemo:
+    """Evaluations of records sent again (patient-view, then order-select, then order-sign of the
+    same chart; several users on one patient), keyed on exactly what they depend on: the serials
+    of every resource read (hooks/fhir_read.py), the patient, today, the thresholds, what was
+    unavailable. Bounded LRU; thread-safe; an evaluation is never mutated once made."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[tuple, PatientEvaluation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> PatientEvaluation | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None:
+                self._data.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple, value: PatientEvaluation) -> None:
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+EVALUATIONS = _EvaluationMemo()
+
+
 def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: date, config: GuidelineConfig,
                      unavailable: Mapping[str, str] | None = None,
                      drafts: list[Mapping[str, Any]] | None = None) -> PatientEvaluation:
@@ -152,6 +188,19 @@ def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: da
     if drafts:
         raw.extend(drafts)
     read = read_raw(raw, patient_id)
+    key = (tuple(read.serials), len(drafts or ()), patient_id, today, config,
+           tuple(sorted((unavailable or {}).items())))
+    cached = EVALUATIONS.get(key)
+    if cached is not None:
+        return cached
+    evaluation = _evaluate(read, patient_id=patient_id, today=today, config=config, unavailable=unavailable,
+                           drafts=drafts)
+    EVALUATIONS.put(key, evaluation)
+    return evaluation
+
+
+def _evaluate(read: ReadResult, *, patient_id: str | None, today: date, config: GuidelineConfig,
+              unavailable: Mapping[str, str] | None, drafts: list[Mapping[str, Any]] | None) -> PatientEvaluation:
     draft_labels = frozenset()
     ivig_orders: list[order_rules.IvigOrder] = []
     if drafts:
@@ -159,7 +208,8 @@ def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: da
         draft_labels = frozenset(o.label for o in ivig_orders)
     facts = extract_facts(read, today, config, clinical_dates=read.clinical_dates, unavailable=unavailable,
                           exclude_orders=draft_labels)
-    evaluation = PatientEvaluation(facts, decide(facts, config, ivig_ordered=bool(ivig_orders)), read, ivig_orders)
+    evaluation = PatientEvaluation(facts, decide(facts, config, ivig_ordered=bool(ivig_orders)), list(read.notes),
+                                   ivig_orders)
     for order in ivig_orders:
         found = []
         for spec in order_rules_specs():

@@ -20,6 +20,7 @@ models are cached by content hash, because EHRs send the same record again and a
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import threading
@@ -106,6 +107,8 @@ class ReadResult:
     labels: dict[int, str] = field(default_factory=dict)
     #: clinical dates of every resource read (relevant or not), for "is there data in the window"
     clinical_dates: list[date] = field(default_factory=list)
+    #: the serials of every resource read, in order: identifies the record exactly (see Ingest.serial)
+    serials: list[int] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[Skipped] = field(default_factory=list)
 
@@ -377,6 +380,13 @@ class _ModelCache:
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
 
+    def resize(self, capacity: int) -> None:
+        """A new bound (the service sets it from ``limits.resource_cache_entries`` at start-up)."""
+        with self._lock:
+            self.capacity = max(0, capacity)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
@@ -385,8 +395,9 @@ class _ModelCache:
         return len(self._data)
 
 
-#: Ingested resources by their serialised form; ~20 000 entries is some tens of MB at most.
-MODEL_CACHE = _ModelCache(capacity=20000)
+#: Ingested resources by their serialised form. A validated model with its key costs ~12 KB, so
+#: the default 4 000 entries is ~50 MB per worker; the service sets the bound from its settings.
+MODEL_CACHE = _ModelCache(capacity=4000)
 _MAX_REPAIRS = 4
 
 
@@ -400,6 +411,8 @@ class Ingest:
     """Everything about one raw resource that does not depend on the request: computed once per
     distinct resource and cached, so a resent record costs a serialisation and a lookup."""
 
+    #: never reused: a resource evicted and read again gets a new one (memo keys rely on it)
+    serial: int
     rtype: str
     relevant: bool
     dedupe: tuple[str, str] | None
@@ -431,6 +444,9 @@ def _subject_patient(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
+_SERIALS = itertools.count(1)
+
+
 def ingest(raw: dict[str, Any]) -> Ingest:
     """The cached ingest of one raw resource (validated only when the rules can use it)."""
     # The serialised resource itself is the key: exact (no hash collisions), and cheap. Key
@@ -447,7 +463,7 @@ def ingest(raw: dict[str, Any]) -> Ingest:
     relevant_check = RELEVANT.get(rtype)
     relevant = relevant_check is not None and bool(relevant_check(raw))
     rid = raw.get("id")
-    base = dict(rtype=rtype, relevant=relevant, dedupe=_dedupe_key(raw), subject=_subject_patient(raw),
+    base = dict(serial=next(_SERIALS), rtype=rtype, relevant=relevant, dedupe=_dedupe_key(raw), subject=_subject_patient(raw),
                 label=_label(raw), raw_id=rid if isinstance(rid, str) else None, clinical_date=_clinical_date(raw))
     if not relevant:
         result = Ingest(**base)
@@ -506,6 +522,7 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
     seen: set[tuple[str, str]] = set()
     for raw in resources:
         item = ingest(raw)
+        out.serials.append(item.serial)
         if item.clinical_date is not None:
             out.clinical_dates.append(item.clinical_date)
         if not item.relevant:

@@ -137,15 +137,26 @@ def _medications(context: Mapping[str, Any], prefetch: Mapping[str, Any]):
     return raw_medications([context.get("draftOrders"), *prefetch.values()])
 
 
+def _verdicts(context: Mapping[str, Any], prefetch: Mapping[str, Any], selections_only: bool):
+    """(draft, may it be immune globulin?) — the bag is searched for Medications only when a draft
+    names one it does not contain (most orders carry their product inline: no walk over the record)."""
+    drafts = draft_resources(context, selections_only)
+    verdicts = [(d, may_be_immune_globulin(d, {})) for d in drafts]
+    if any(v is None for _, v in verdicts):
+        meds = _medications(context, prefetch)
+        verdicts = [(d, v if v is not None else may_be_immune_globulin(d, meds)) for d, v in verdicts]
+    return verdicts
+
+
 def needs_patient_data(context: Mapping[str, Any], prefetch: Mapping[str, Any], selections_only: bool = False) -> bool:
     """Only an immune globulin order (or one we cannot identify without the FHIR server) needs the record."""
-    meds = _medications(context, prefetch)
-    return any(may_be_immune_globulin(d, meds) is not False for d in draft_resources(context, selections_only))
+    return any(v is not False for _, v in _verdicts(context, prefetch, selections_only))
 
 
 def unresolved_references(context: Mapping[str, Any], prefetch: Mapping[str, Any],
                           selections_only: bool = False) -> list[str]:
-    return unresolved_medication_references(draft_resources(context, selections_only), _medications(context, prefetch))
+    unresolved = [d for d, v in _verdicts(context, prefetch, selections_only) if v is None]
+    return unresolved_medication_references(unresolved, {}) if unresolved else []
 
 
 SERVICE = ServiceDefinition(

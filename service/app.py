@@ -62,6 +62,9 @@ def _open_store(settings: Settings) -> FeedbackStore:
 def create_app(settings: Settings | None = None, *, store: FeedbackStore | None = None) -> Flask:
     """Build the app. ``settings`` default to ``load_settings()`` (config file + environment)."""
     settings = settings or load_settings()
+    from hooks.fhir_read import MODEL_CACHE
+
+    MODEL_CACHE.resize(settings.limits.resource_cache_entries)
     app = Flask("ivig_cds")
     # One byte over the limit: werkzeug cuts a streamed (chunked) body at MAX_CONTENT_LENGTH
     # without an error, so read_json must be able to see that more than the limit arrived.

@@ -94,8 +94,7 @@ def invoke(service_id: str):
     ))
     _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
     g.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
-    log.info("cards issued", extra={"service": service.id, "cards": len(result.cards),
-                                    "topics": g.cds_topics, "ruleset": st.ruleset_version})
+    g.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)
     return json_response(result.response_body())
 
 

@@ -86,6 +86,8 @@ class LimitSettings(_Section):
     max_json_depth: int = Field(100, gt=1, description="Deepest JSON nesting accepted (400 above)")
     max_resources: int = Field(20000, gt=0, description="Most FHIR resources in one request (413 above)")
     request_timeout_seconds: float = Field(10.0, gt=0, description="Worker timeout for one request (gunicorn)")
+    resource_cache_entries: int = Field(
+        4000, ge=0, description="Validated FHIR resources kept per worker for records sent again (~12 KB each; 0 = off)")
 
 
 class PrefetchSettings(_Section):
