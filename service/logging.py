@@ -7,11 +7,15 @@ the message. Exceptions are rendered as their type and the code locations they p
 
 from __future__ import annotations
 
+import atexit
+import copy
 import logging
+import queue
 import sys
 import time
 import traceback
 import uuid
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 import orjson
@@ -44,9 +48,9 @@ class JsonFormatter(logging.Formatter):
             if rid:
                 out["request_id"] = rid
         if record.exc_info and record.exc_info[0] is not None:
-            etype, _, tb = record.exc_info
-            out["exception"] = etype.__name__
-            out["stack"] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(tb)][-8:]
+            out["exception"], out["stack"] = _safe_stack(record.exc_info)
+        elif getattr(record, "exception", None):  # reduced already by RequestQueueHandler
+            out["exception"], out["stack"] = record.exception, getattr(record, "stack", [])
         return orjson.dumps(out, default=str).decode()
 
 
@@ -57,21 +61,67 @@ def _current_request_id() -> str | None:
         return None
 
 
+def _safe_stack(exc_info) -> tuple[str, list[str]]:
+    etype, _, tb = exc_info
+    return etype.__name__, [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(tb)][-8:]
+
+
+class RequestQueueHandler(QueueHandler):
+    """Hands records to a background thread, so a request never waits for stderr or its lock.
+
+    What the formatter needs from the request (its id) is taken now, in the request's thread;
+    an exception is reduced now to its type and code locations — the stdlib default would format
+    the whole traceback text, messages included, into the record.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        if getattr(record, "request_id", None) is None:
+            record.request_id = _current_request_id()
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exception, record.stack = _safe_stack(record.exc_info)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return record
+
+
+_listener: QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()  # drains what is queued, then joins the thread
+        _listener = None
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """Route every logger of the process through one JSON handler on stderr."""
+    """Route every logger of the process through one JSON handler on stderr, written by a
+    background thread (records are queued; the queue is drained at exit)."""
+    global _listener
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_ivig_cds", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    _stop_listener()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonFormatter())
+    handler = RequestQueueHandler(queue.SimpleQueue())
     handler._ivig_cds = True  # type: ignore[attr-defined]
+    _listener = QueueListener(handler.queue, stream, respect_handler_level=False)
+    _listener.start()
     root.addHandler(handler)
     root.setLevel(level.upper())
     # werkzeug's access log prints the full URL and client address in plain text; ours replaces it.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # urllib3 quotes request URLs (debug lines, retry warnings): FHIR queries carry patient ids.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+atexit.register(_stop_listener)
 
 
 def _valid_request_id(value: str | None) -> str | None:
@@ -110,6 +160,9 @@ def init_app(app: Flask) -> None:
                 "duration_ms": duration,
                 # only ids we publish: an unknown id in the URL is caller-chosen text
                 "service": _known_service((request.view_args or {}).get("service_id")),
+                "cards": len(g.cds_topics) if g.get("cds_topics") is not None else None,
+                "topics": g.get("cds_topics") or None,
+                "ruleset": g.get("cds_ruleset"),
             },
         )
         return response
