@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fhir_fixtures import REFERENCE_TODAY, load_json  # noqa: E402
-from fhir_fixtures.builder import ICD, LOINC, Record, coding, shift_dates  # noqa: E402
+from fhir_fixtures.builder import Record, coding, shift_dates  # noqa: E402
 
 #: What the wrk script replaces per request in a template body.
 PLACEHOLDER = "@@V@@"

@@ -146,7 +146,7 @@ class Record:
         })
 
     def titers(self, when: str, protective: int, tested: int = 23, high: float = 2.6, low: float = 0.4,
-               unit: str = "ug/mL", by_code: bool = False) -> "Record":
+               unit: str = "ug/mL") -> "Record":
         """``tested`` serotype titers on ``when``, the first ``protective`` of them >= 1.3 ug/mL."""
         for i, serotype in enumerate(vs.PPSV23_SEROTYPES[:tested]):
             value = high if i < protective else low

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fhir_fixtures.builder import (ICD, REFERENCE_TODAY, SNOMED, Record, ago, amoxicillin_order, draft_orders,
+from fhir_fixtures.builder import (ICD, REFERENCE_TODAY, Record, ago, amoxicillin_order, draft_orders,
                                    ivig_order, medication)
 
 HERE = Path(__file__).resolve().parent
@@ -517,9 +517,6 @@ SCENARIOS: list[Scenario] = [
              lambda: _indicated_dose("edge-interval-5-weeks"), {OS: [IND, DOSE]},
              lambda pid: [ivig_order(pid, every_weeks=5)], tags=["edge"]),
 ]
-
-BY_NAME = {s.name: s for s in SCENARIOS}
-
 
 # ------------------------------------------------------------------ writing the folders
 

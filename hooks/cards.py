@@ -121,7 +121,6 @@ def render_detail(plan: CardPlan, ctx: CardContext) -> str:
     parts: list[str] = []
     references: list[str] = []
     for a in plan.assessments:
-        spec = spec_of(a.rule.split("+")[0])
         specs = [spec_of(name) for name in a.rule.split("+")]
         branch = "; ".join(s.branch for s in specs if s) or a.rule
         parts.append(f"**{a.conclusion[:1].upper() + a.conclusion[1:]}.**")

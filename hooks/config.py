@@ -8,7 +8,6 @@ service's job; this module only defines and checks the values.
 
 from __future__ import annotations
 
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -139,9 +138,6 @@ class GuidelineConfig(BaseModel):
 
 
 DEFAULT_CONFIG = GuidelineConfig()
-
-Threshold = Annotated[str, "name of a GuidelineConfig field"]
-
 
 def threshold_fields() -> dict[str, dict]:
     """Name -> {default, description, unit, source} for every threshold, for explain and docs."""

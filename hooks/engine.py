@@ -13,11 +13,11 @@ from datetime import date
 from typing import Any, Iterable, Mapping
 
 from hooks import orders as order_rules
-from hooks.assessment import Assessment, Decision, NotApplicable, Verdict
+from hooks.assessment import Assessment, Decision, NotApplicable
 from hooks.config import GuidelineConfig
 from hooks.facts import Facts, extract_facts
 from hooks.fhir_read import ReadResult, Skipped, iter_resources, read_raw
-from hooks.rules import DECISION_RULES, MONITORING_RULES, WORKUP_RULES
+from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
 _GAPS_BESIDE = frozenset({
@@ -212,7 +212,7 @@ def _evaluate(read: ReadResult, *, patient_id: str | None, today: date, config: 
                                    ivig_orders)
     for order in ivig_orders:
         found = []
-        for spec in order_rules_specs():
+        for spec in ORDER_RULES:
             result = spec.func(order, facts, config)
             evaluation.order_trace.append({"order": order.label, **_trace_entry(result)})
             if isinstance(result, Assessment):
@@ -223,15 +223,5 @@ def _evaluate(read: ReadResult, *, patient_id: str | None, today: date, config: 
     return evaluation
 
 
-def order_rules_specs():
-    from hooks.rules import ORDER_RULES
-
-    return ORDER_RULES
-
-
 def is_other_indication(evaluation: PatientEvaluation, order: order_rules.IvigOrder) -> bool:
     return any(a.rule == "ordered_for_other_indication" for a in evaluation.order_findings.get(order.label, []))
-
-
-def verdict_of(evaluation: PatientEvaluation) -> Verdict | None:
-    return evaluation.decision.outcome.verdict if evaluation.decision.outcome else None

@@ -9,9 +9,8 @@ card. Only final/amended/corrected results count. "Today" is an argument, never 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
@@ -47,7 +46,6 @@ class LabValue:
     flags: frozenset[str] = frozenset()
     stale: bool = False
     confounded_by: date | None = None  # the IVIG dose this result was drawn after
-    original: str = ""
 
     @property
     def confounded(self) -> bool:
@@ -237,9 +235,6 @@ class Facts:
     def is_child(self) -> bool:
         return self.age is not None and self.age < 18
 
-    @property
-    def has_ig_data(self) -> bool:
-        return bool(self.igm.values or self.igg.values or self.iga.values)
 
 
 # ------------------------------------------------------------------ helpers over R4B models
@@ -494,7 +489,6 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
             flags=_flags(obs),
             stale=when < stale_before,
             confounded_by=confounding_dose(when, doses, config.ivig_confounding_months) if doses else None,
-            original=f"{comparator or ''}{value:g} {raw_unit or ''}".strip(),
         ))
     out.sort(key=lambda v: v.when)
     return out

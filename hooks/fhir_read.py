@@ -359,7 +359,7 @@ def adapt_shape(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _ModelCache:
-    """A bounded LRU of validated models keyed by content hash (thread-safe)."""
+    """A bounded LRU of ingested resources keyed by their serialised form (thread-safe)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -555,23 +555,13 @@ _DATE_FIELDS = ("effectiveDateTime", "onsetDateTime", "recordedDate", "authoredO
 _PERIOD_FIELDS = ("period", "effectivePeriod", "onsetPeriod", "performedPeriod")
 
 
-def record_dates(values: Iterable[Any]) -> list[date]:
-    """The clinical dates of every resource in the record (any type but Patient), read raw.
-
-    Used to tell "no infections" (the record has data in the window, none an infection) from
-    "infection history unknown" (no data in the window at all) — criteria.md, rule 6.
-    """
-    from hooks.dates import as_date  # noqa: PLC0415 - small module, avoids a cycle
-
-    return record_dates_raw(iter_resources(list(values)))
-
-
-def record_dates_raw(resources: Iterable[dict[str, Any]]) -> list[date]:
-    return [d for d in (ingest(raw).clinical_date for raw in resources) if d is not None]
-
-
 def _clinical_date(raw: Mapping[str, Any]) -> date | None:
-    """The first clinical date of a raw resource (None for Patient, Medication and the like)."""
+    """The first clinical date of a raw resource (None for Patient, Medication and the like).
+
+    ``ReadResult.clinical_dates`` collects them for every resource read, relevant or not: they tell
+    "no infections" (data in the window, none an infection) from "infection history unknown" (no
+    data in the window at all) — criteria.md, rule 6.
+    """
     from hooks.dates import as_date  # noqa: PLC0415
 
     if raw.get("resourceType") in ("Patient", "Medication", "Practitioner", "Organization"):

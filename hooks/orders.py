@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from hooks import valuesets as vs
-from hooks.assessment import Assessment, Evidence, NotApplicable, RuleResult, Topic, Verdict
+from hooks.assessment import Assessment, Evidence, NotApplicable, RuleResult, Topic
 from hooks.config import GuidelineConfig
-from hooks.dates import fmt_date
-from hooks.facts import (Facts, _code_of, _label, _medication_concepts, _texts_codes, concept_in, concept_label,
+from hooks.facts import (Facts, _code_of, _label, _medication_concepts, concept_in, concept_label,
                          is_immune_globulin, is_subcutaneous, medications_by_id)
 from hooks.fhir_read import ReadResult, bare_id, iter_resources
 from hooks.rules import OS, rule

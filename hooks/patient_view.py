@@ -28,14 +28,9 @@ def card_context(request: HookRequest, ev: PatientEvaluation) -> CardContext:
         service_id=request.service_id,
         patient_id=bare_id(str(request.context.get("patientId", ""))) or "",
         ruleset_version=request.ruleset_version,
-        smart_url=smart_url(request),
+        smart_url=request.smart_launch_url,
         data_notes=notes,
     )
-
-
-def smart_url(request: HookRequest) -> str | None:
-    """The SMART trend page, when the service publishes one (set by the service layer)."""
-    return request.smart_launch_url
 
 
 def outside_igm_deficiency(ev: PatientEvaluation) -> bool:

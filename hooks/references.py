@@ -51,6 +51,3 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in (
 
 GUIDELINE_URL = REFERENCES["bonilla-2015"].url
 
-
-def cite(keys: tuple[str, ...]) -> str:
-    return "; ".join(REFERENCES[k].short for k in keys)

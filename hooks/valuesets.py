@@ -42,10 +42,6 @@ class ValueSet:
     #: ICD-10 code prefixes ("J15" covers J15.x); checked after exact codes
     prefixes: tuple[Code, ...] = ()
 
-    @property
-    def code_set(self) -> frozenset[tuple[str, str]]:
-        return frozenset((c.system, c.code) for c in self.codes)
-
 
 def _codes(system: str, rows: list[tuple[str, str]], verified: bool = True) -> tuple[Code, ...]:
     return tuple(Code(system, code, display, verified) for code, display in rows)

@@ -49,20 +49,6 @@ def json_depth(raw: bytes, stop_above: int | None = None) -> int:
     return depth
 
 
-def max_depth_exceeded(value: Any, limit: int) -> bool:
-    """Whether a parsed value's containers nest deeper than ``limit`` (iterative: no stack overflow)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
-    return False
-
-
 def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     """The parsed body, or a CdsError that says what is wrong with it."""
     if not _is_json_type(request.mimetype or ""):

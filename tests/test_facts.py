@@ -9,14 +9,14 @@ import pytest
 from fhir_fixtures.builder import REFERENCE_TODAY as TODAY, Record, ago
 from hooks.config import GuidelineConfig
 from hooks.facts import Level, extract_facts
-from hooks.fhir_read import read_resources, record_dates
+from hooks.fhir_read import read_resources
 
 CFG = GuidelineConfig()
 
 
 def facts_of(rec: Record, today: date = TODAY, cfg: GuidelineConfig = CFG):
-    bundle = rec.bundle()
-    return extract_facts(read_resources([bundle], rec.patient_id), today, cfg, clinical_dates=record_dates([bundle]))
+    read = read_resources([rec.bundle()], rec.patient_id)
+    return extract_facts(read, today, cfg, clinical_dates=read.clinical_dates)
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "preliminary", "registered"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hooks.fhir_read import MODEL_CACHE, adapt_shape, read_resources, record_dates
+from hooks.fhir_read import MODEL_CACHE, adapt_shape, read_resources
 from tests.conftest import REFERENCE
 
 IGM = {"resourceType": "Observation", "id": "o1", "status": "final",
@@ -99,9 +99,9 @@ def test_validated_models_are_cached_by_content():
 
 
 def test_record_dates_cover_any_clinical_resource():
-    dates = record_dates([{"resourceType": "AllergyIntolerance", "recordedDate": "2026-05-01"},
-                          {"resourceType": "Encounter", "period": {"start": "2026-06-01T10:00:00Z"}},
-                          {"resourceType": "Patient", "birthDate": "1970-01-01"}])
+    dates = read_resources([{"resourceType": "AllergyIntolerance", "recordedDate": "2026-05-01"},
+                            {"resourceType": "Encounter", "period": {"start": "2026-06-01T10:00:00Z"}},
+                            {"resourceType": "Patient", "birthDate": "1970-01-01"}]).clinical_dates
     assert [d.isoformat() for d in dates] == ["2026-05-01", "2026-06-01"]
 
 
