@@ -19,8 +19,8 @@ Where it comes from
 -------------------
 ``npm install`` of the three pinned packages into ``~/.cache/ivig-cds-test/medplum-<version>``
 (override the folder with ``IVIG_TEST_CACHE_DIR``), once; later runs reuse it. The fixture
-skips, naming the reason, only when Node/npm is missing or the install fails. CI: Node.js >= 20
-and npm on PATH, and the npm registry reachable (or that cache folder present).
+skips, naming the reason, only when Node/npm is missing or the install fails. ``.ci/run`` calls
+``ensure_installed`` during its set-up, so the tests themselves find the packages in the cache.
 """
 
 from __future__ import annotations
