@@ -7,6 +7,8 @@ on this ``metadata``; Alembic migrations (service/migrations) create them.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import MetaData, event
@@ -22,6 +24,26 @@ metadata = MetaData(naming_convention={
 })
 
 
+def _switch_to_wal(cur: sqlite3.Cursor, attempts: int = 200) -> None:
+    """Put the database file in WAL mode, waiting out other connections doing the same.
+
+    WAL is a property of the file, so a connection that finds it already set does nothing.
+    Switching needs an exclusive lock, and SQLite reports "database is locked" at once, without
+    its busy handler, when another connection (another worker starting on a fresh file) holds
+    one, so the switch is retried here for up to about ten seconds.
+    """
+    for attempt in range(attempts):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with settings that suit a multi-threaded, multi-process web service."""
     parsed = make_url(url)
@@ -33,8 +55,8 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the writer; safe across processes
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL itself may wait for a lock
-            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            _switch_to_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
