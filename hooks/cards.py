@@ -240,6 +240,23 @@ def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
     return prune(card)
 
 
+def reissue(cards: list[dict[str, Any]], hook_instance: str, service_id: str) -> list[dict[str, Any]]:
+    """The same cards for another call: uuids derived from its hookInstance, as ``to_card`` does.
+
+    A memoised answer (service/answers.py) is given to a later call with the same record; its
+    cards must carry that call's uuids so that feedback names them. Only the card and its
+    suggestions are copied; everything below them is shared and never mutated.
+    """
+    out = []
+    for card in cards:
+        card_uuid = _uuid(hook_instance, service_id, card["source"]["topic"]["code"])
+        copy = {**card, "uuid": card_uuid}
+        if "suggestions" in card:
+            copy["suggestions"] = [{**s, "uuid": _uuid(card_uuid, s["label"])} for s in card["suggestions"]]
+        out.append(copy)
+    return out
+
+
 def workup_plan(assessment: Assessment, ctx: CardContext, *, indicator: str, before_ivig: bool,
                 overridable: bool = False) -> CardPlan:
     """The work-up card (both hooks): what is missing, with the orders for it one click away."""

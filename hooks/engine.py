@@ -6,8 +6,6 @@ with its trace; hook modules call it and render cards. No I/O, no clock.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Mapping
@@ -17,6 +15,7 @@ from hooks.assessment import Assessment, Decision, NotApplicable
 from hooks.config import GuidelineConfig
 from hooks.facts import Facts, extract_facts
 from hooks.fhir_read import ReadResult, Skipped, iter_resources, read_raw
+from hooks.lru import BoundedLRU
 from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
@@ -148,36 +147,11 @@ def facts_summary(f: Facts) -> dict[str, Any]:
     }
 
 
-class _EvaluationMemo:
-    """Evaluations of records sent again (patient-view, then order-select, then order-sign of the
-    same chart; several users on one patient), keyed on exactly what they depend on: the serials
-    of every resource read (hooks/fhir_read.py), the patient, today, the thresholds, what was
-    unavailable. Bounded LRU; thread-safe; an evaluation is never mutated once made."""
-
-    def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[tuple, PatientEvaluation] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> PatientEvaluation | None:
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-            return hit
-
-    def put(self, key: tuple, value: PatientEvaluation) -> None:
-        with self._lock:
-            self._data[key] = value
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-EVALUATIONS = _EvaluationMemo()
+#: Evaluations of records sent again (patient-view, then order-select, then order-sign of the
+#: same chart; several users on one patient), keyed on exactly what they depend on: the serials
+#: of every resource read (hooks/fhir_read.py), the patient, today, the thresholds, what was
+#: unavailable. An evaluation is never mutated once made.
+EVALUATIONS: BoundedLRU[tuple, PatientEvaluation] = BoundedLRU(capacity=256)
 
 
 def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: date, config: GuidelineConfig,

@@ -23,8 +23,6 @@ import copy
 import itertools
 import json
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Iterator, Mapping
@@ -46,6 +44,7 @@ from pydantic import ValidationError
 
 from hooks import valuesets as vs
 from hooks.classify import classify_observation, serotype_of
+from hooks.lru import BoundedLRU
 
 MODELS = {
     "Patient": Patient,
@@ -358,46 +357,9 @@ def adapt_shape(raw: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ validation with a cache
 
 
-class _ModelCache:
-    """A bounded LRU of ingested resources keyed by their serialised form (thread-safe)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[bytes, tuple[Any, tuple[str, ...], str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes):
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-            return hit
-
-    def put(self, key: bytes, value) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def resize(self, capacity: int) -> None:
-        """A new bound (the service sets it from ``limits.resource_cache_entries`` at start-up)."""
-        with self._lock:
-            self.capacity = max(0, capacity)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 #: Ingested resources by their serialised form. A validated model with its key costs ~12 KB, so
 #: the default 4 000 entries is ~50 MB per worker; the service sets the bound from its settings.
-MODEL_CACHE = _ModelCache(capacity=4000)
+MODEL_CACHE: BoundedLRU[bytes, "Ingest"] = BoundedLRU(capacity=4000)
 _MAX_REPAIRS = 4
 
 

@@ -18,6 +18,7 @@ import hooks
 from hooks.ruleset import ruleset_version
 from hooks.service_def import ServiceDefinition
 from service import cors, errors, logging as cds_logging
+from service.answers import AnswerMemo
 from service.auth import Authenticator
 from service.feedback import FeedbackStore, MemoryFeedbackStore
 from service.prefetch import PrefetchCompleter
@@ -36,6 +37,7 @@ class AppState:
     store: FeedbackStore
     authenticator: Authenticator
     prefetcher: PrefetchCompleter
+    answers: AnswerMemo
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, store: FeedbackStore | None 
         store=store if store is not None else _open_store(settings),
         authenticator=Authenticator(settings),
         prefetcher=PrefetchCompleter(settings),
+        answers=AnswerMemo(settings.limits.answer_cache_entries),
     )
     cds_logging.init_app(app)
     cors.init_app(app, settings.security.cors_allow_origins)

@@ -21,7 +21,7 @@ from service.app import AppState, state
 from service import guards
 from service.errors import NotFound
 from service.feedback import IssuedCard
-from service.jsonbody import read_json
+from service.jsonbody import check_depth, parse_body, read_json
 from service.models import parse_cds_request, parse_feedback
 
 bp = Blueprint("cds", __name__)
@@ -37,12 +37,26 @@ def today() -> date:
     return datetime.now(timezone.utc).date()
 
 
+#: base URL per (scheme, Host, server name and port, script root): werkzeug rebuilds and
+#: IDNA-encodes it on every access. Bounded: the Host header is the caller's text.
+_BASE_URLS: dict[tuple[str, ...], str] = {}
+_BASE_URLS_MAX = 64
+
+
 def base_url() -> str:
     st = state()
     configured = st.settings.security.public_base_url
     if configured:
         return configured.rstrip("/")
-    return request.host_url.rstrip("/")
+    env = request.environ
+    key = tuple(str(env.get(name, "")) for name in
+                ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME"))
+    url = _BASE_URLS.get(key)
+    if url is None:
+        url = request.host_url.rstrip("/")
+        if len(_BASE_URLS) < _BASE_URLS_MAX:
+            _BASE_URLS[key] = url
+    return url
 
 
 def _service(st: AppState, service_id: str) -> ServiceDefinition:
@@ -70,28 +84,38 @@ def invoke(service_id: str):
     st = state()
     service = _service(st, service_id)
     identity = st.authenticator.verify(request)
-    body = _read_body(st)
-    guards.check_resource_count(body, st.settings.limits.max_resources, request.get_data(cache=True))
-    cds_request = parse_cds_request(body, service.hook)
-    guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
+    limits = st.settings.limits
+    raw, body = parse_body(request, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
     run_date = today()
     base = base_url()  # once: werkzeug rebuilds host_url on every access
-    completed = st.prefetcher.complete(cds_request, service, run_date)
-    result: HookResult = service.handler(HookRequest(
-        hook=service.hook,
-        hook_instance=cds_request.hook_instance,
-        service_id=service.id,
-        context=cds_request.context,
-        prefetch=completed.prefetch,
-        today=run_date,
-        config=st.settings.guideline,
-        unavailable=completed.unavailable,
-        extra_resources=completed.extra_resources,
-        base_url=base,
-        smart_launch_url=f"{base}/smart/launch",
-        ruleset_version=st.ruleset_version,
-        tenant=identity.tenant,
-    ))
+    memo_key = st.answers.key(raw, body, service_id=service.id, today=run_date, base_url=base, tenant=identity.tenant)
+    remembered = st.answers.get(memo_key)
+    if remembered is None:  # a body answered before has been through these checks (service/answers.py)
+        check_depth(raw, limits.max_json_depth)
+        guards.check_resource_count(body, limits.max_resources, raw)
+    cds_request = parse_cds_request(body, service.hook)
+    guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
+    if remembered is not None:
+        result = st.answers.reissued(remembered, cds_request.hook_instance, service.id)
+    else:
+        completed = st.prefetcher.complete(cds_request, service, run_date)
+        result = service.handler(HookRequest(
+            hook=service.hook,
+            hook_instance=cds_request.hook_instance,
+            service_id=service.id,
+            context=cds_request.context,
+            prefetch=completed.prefetch,
+            today=run_date,
+            config=st.settings.guideline,
+            unavailable=completed.unavailable,
+            extra_resources=completed.extra_resources,
+            base_url=base,
+            smart_launch_url=f"{base}/smart/launch",
+            ruleset_version=st.ruleset_version,
+            tenant=identity.tenant,
+        ))
+        if completed.sources <= {"request", "sample"}:  # what a FHIR server returns may change: never memoised
+            st.answers.put(memo_key, result)
     _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
     g.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
     g.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)

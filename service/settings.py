@@ -88,6 +88,9 @@ class LimitSettings(_Section):
     request_timeout_seconds: float = Field(10.0, gt=0, description="Worker timeout for one request (gunicorn)")
     resource_cache_entries: int = Field(
         4000, ge=0, description="Validated FHIR resources kept per worker for records sent again (~12 KB each; 0 = off)")
+    answer_cache_entries: int = Field(
+        1024, ge=0, description="Answers kept per worker for a record sent again, re-issued with the new call's "
+                                "card uuids (a few KB each; 0 = off)")
 
 
 class PrefetchSettings(_Section):

@@ -83,6 +83,6 @@ def test_both_caches_are_bounded(tmp_path):
         for day in range(1, 300):  # 299 distinct evaluations
             evaluate_patient([bundle], patient_id=pid, today=date(2027, 1, 1).fromordinal(TODAY.toordinal() + day),
                              config=CFG)
-        assert len(EVALUATIONS._data) <= EVALUATIONS.capacity
+        assert len(EVALUATIONS) <= EVALUATIONS.capacity
     finally:
         MODEL_CACHE.resize(4000)

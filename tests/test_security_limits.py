@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 
@@ -95,6 +96,27 @@ def test_chunked_body_too_large_on_a_real_server(tmp_path):
         resp = requests.post(base + HOOK, data=chunks(), headers={"Content-Type": "application/json"}, timeout=10)
     assert resp.status_code == 413
     app.extensions["ivig_cds"].close()
+
+
+def test_a_body_shorter_than_its_content_length_is_400(make_client):
+    client = make_client()
+    data = json.dumps(patient_view_body()).encode()
+    resp = client.post(HOOK, input_stream=io.BytesIO(data[:-10]), content_type="application/json",
+                       environ_overrides={"CONTENT_LENGTH": str(len(data))})
+    assert resp.status_code == 400
+    assert "Content-Length" in resp.get_json()["message"]
+
+
+def test_chunked_body_within_the_limit_on_a_real_server(tmp_path):
+    """No Content-Length (chunked): read through werkzeug's limited stream, and answered."""
+    app = create_app(make_settings(tmp_path), store=MemoryFeedbackStore())
+    body = json.dumps(patient_view_body()).encode()
+    with live_app(app) as base:
+        resp = requests.post(base + HOOK, data=(body[i:i + 1000] for i in range(0, len(body), 1000)),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    app.extensions["ivig_cds"].close()
+    assert resp.status_code == 200, resp.text[:300]
+    assert "cards" in resp.json()
 
 
 def nest(depth: int) -> dict:

@@ -1,0 +1,109 @@
+"""Answers memoised per request: the same chart sent again gets the same cards without re-deciding.
+
+An EHR calls patient-view every time a chart is opened and order-sign every time orders are
+signed. Calls for the same patient on the same day often carry the same request body but for
+two values: the ``hookInstance`` (new for every call) and the FHIR access token (often rotated).
+What the cards say depends only on the rest of the body, the service, "today", the base URL
+(SMART links), the client's tenant, and the app's thresholds and ruleset (fixed per app).
+
+**The key** is a SHA-256 digest of the raw body with those two values cut out, plus the other
+inputs. A value is cut out only when its JSON text (as orjson writes it, quotes included) occurs
+exactly once in the body and holds no JSON punctuation (so that occurrence is a whole string
+token; UUIDs and JWTs qualify), and it is replaced by a marker holding a NUL byte, which valid JSON
+text never contains. So two bodies with one key are byte-identical except at that one place;
+and since that place holds the parsed ``hookInstance`` (or token) in both, they differ in that
+value and nothing else. (A body that spells the value differently, with escapes, or repeats it
+elsewhere is simply not memoised.) Byte-identity is also why a remembered body needs no second
+depth or resource-count check: it has the depth and count of the body that was answered.
+
+**What is stored**: the result of a call answered with status 200 whose prefetch was completed
+without reading a FHIR server (what a server returns can change between calls, so such answers
+are always made afresh). A later call gets the stored cards with uuids derived from its own
+hookInstance (hooks/cards.py ``reissue``), so feedback and analytics see its own cards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from typing import Any
+
+import orjson
+
+from hooks.cards import reissue
+from hooks.lru import BoundedLRU
+from hooks.service_def import HookResult
+
+#: Stands in for a cut-out value; a NUL byte never occurs in valid JSON text.
+_MARKERS = (b"\x00hookInstance\x00", b"\x00access_token\x00")
+#: A value holding none of these can only occur in JSON text as a whole string token (between two
+#: strings there is always one of ,:[]{}), so cutting it out leaves the structure as it was.
+_STRUCTURAL = frozenset('",:[]{}\\')
+
+
+def _volatile_values(body: dict[str, Any]) -> tuple[Any, Any]:
+    """The hookInstance and the access token (None when the request has none)."""
+    auth = body.get("fhirAuthorization")
+    return body.get("hookInstance"), auth.get("access_token") if isinstance(auth, dict) else None
+
+
+class AnswerMemo:
+    """Hook results of answered requests (see the module docstring for what the key covers)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: BoundedLRU[bytes, HookResult] = BoundedLRU(capacity)
+
+    def key(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
+            tenant: str | None) -> bytes | None:
+        """The key of this request, or None when it cannot be memoised exactly (or the memo is off)."""
+        if self._entries.capacity == 0 or not isinstance(body, dict):
+            return None
+        hook_instance, token = _volatile_values(body)
+        if not isinstance(hook_instance, str):
+            return None  # not a valid request: the envelope check answers it (400)
+        cuts: list[tuple[int, int, bytes]] = []  # (start, end, marker) of each value's one occurrence
+        for value, marker in zip((hook_instance, token), _MARKERS):
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value or _STRUCTURAL.intersection(value):
+                return None
+            quoted = orjson.dumps(value)
+            start = raw.find(quoted)
+            if start < 0 or raw.find(quoted, start + 1) >= 0:
+                return None
+            cuts.append((start, start + len(quoted), marker))
+        cuts.sort()
+        if len(cuts) == 2 and cuts[0][1] > cuts[1][0]:
+            return None  # cannot happen for two whole string tokens; refuse rather than guess
+        # Hashed piecewise over a view of the body: a cut-out copy of a large body costs more than
+        # the hash (the copy's allocation slowed the next request's parsing, bench/run.py).
+        view = memoryview(raw)
+        digest = hashlib.sha256()
+        position = 0
+        for start, end, marker in cuts:
+            digest.update(view[position:start])
+            digest.update(marker)
+            position = end
+        digest.update(view[position:])
+        digest.update(b"\x00" + orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
+        return digest.digest()
+
+    def get(self, key: bytes | None) -> HookResult | None:
+        """The result stored for this key (its cards carry the first call's uuids), or None."""
+        return None if key is None else self._entries.get(key)
+
+    @staticmethod
+    def reissued(stored: HookResult, hook_instance: str, service_id: str) -> HookResult:
+        """A stored result as the answer to another call: its cards with that call's uuids."""
+        return HookResult(cards=reissue(stored.cards, hook_instance, service_id),
+                          system_actions=stored.system_actions, trace=stored.trace)
+
+    def put(self, key: bytes | None, result: HookResult) -> None:
+        if key is not None:
+            self._entries.put(key, result)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

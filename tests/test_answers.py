@@ -1,0 +1,268 @@
+"""Answers memoised per record (service/answers.py): a chart sent again gets the same cards, made
+for its own call; anything the answer depends on makes a new one; FHIR-server data is never reused."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import date
+from typing import Any
+
+import pytest
+
+import fhir_fixtures
+from hooks.cards import reissue
+from service import cds
+from service.app import create_app
+from service.feedback import MemoryFeedbackStore
+from tests.conftest import make_settings
+from tests.fhir_server import FhirServer, start_server
+
+TODAY = fhir_fixtures.REFERENCE_TODAY
+ORDER_SIGN = "ivig-order-sign"
+PATIENT_VIEW = "ivig-patient-view"
+
+
+def request_for(scenario: str, hook: str) -> dict[str, Any]:
+    body = fhir_fixtures.load_json(scenario, f"request-{hook}.json")
+    assert body is not None, f"{scenario} has no request-{hook}.json"
+    return body
+
+
+def with_instance(body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    """The same call made again: a new hookInstance (and, when given, a new access token)."""
+    again = copy.deepcopy(body)
+    again["hookInstance"] = str(uuid.uuid4())
+    if token is not None:
+        again.setdefault("fhirAuthorization", {})["access_token"] = token
+    return again
+
+
+def without_uuids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
+    if isinstance(value, list):
+        return [without_uuids(v) for v in value]
+    return value
+
+
+def card_uuids(cards: list[dict[str, Any]]) -> list[str]:
+    return [c["uuid"] for c in cards] + [s["uuid"] for c in cards for s in c.get("suggestions", [])]
+
+
+@pytest.fixture
+def make_client(tmp_path, monkeypatch):
+    """Apps with given settings, their clock at the fixtures' day."""
+    monkeypatch.setattr(cds, "today", lambda: TODAY)
+    apps = []
+
+    def make(**overrides):
+        app = create_app(make_settings(tmp_path / str(len(apps)), **{"sample_patients": False, **overrides}),
+                         store=MemoryFeedbackStore())
+        apps.append(app)
+        return app, app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["ivig_cds"].close()
+
+
+def post(client, service_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = client.post(f"/cds-services/{service_id}", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    return response.get_json()["cards"]
+
+
+def test_a_record_sent_again_gets_the_same_cards_with_its_own_uuids(make_client):
+    app, client = make_client()
+    first_body = request_for("sample-igg-deficiency", "order-sign")
+    first = post(client, ORDER_SIGN, first_body)
+    assert first, "the scenario should give cards"
+    assert len(app.extensions["ivig_cds"].answers) == 1
+
+    again = post(client, ORDER_SIGN, with_instance(first_body))
+    assert len(app.extensions["ivig_cds"].answers) == 1  # answered from the memo, not stored twice
+    assert without_uuids(again) == without_uuids(first)
+    assert not set(card_uuids(again)) & set(card_uuids(first))
+
+    # exactly the cards (uuids included) the service makes for that call with the memo off
+    _, fresh_client = make_client(**{"limits.answer_cache_entries": 0})
+    second_body = with_instance(first_body)
+    assert post(fresh_client, ORDER_SIGN, second_body) == post(client, ORDER_SIGN, second_body)
+
+
+def test_feedback_on_a_reissued_card_is_accepted(make_client):
+    _, client = make_client()
+    body = request_for("sample-igg-deficiency", "order-sign")
+    post(client, ORDER_SIGN, body)
+    again = post(client, ORDER_SIGN, with_instance(body))
+    response = client.post(f"/cds-services/{ORDER_SIGN}/feedback", json={"feedback": [
+        {"card": again[0]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-24T10:00:00Z",
+         "overrideReason": {"reason": {"code": "clinical-judgement",
+                                       "system": "https://ivig-cds.example.org/override-reasons"}}}]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["stored"] == 1 and response.get_json()["unknownCards"] == 0
+
+
+def _set_igg(resources: list[dict[str, Any]], value: float) -> int:
+    """Every IgG result in ``resources`` set to ``value``; how many there were."""
+    found = [r for r in resources if r.get("resourceType") == "Observation" and "2465-3" in str(r.get("code"))]
+    for res in found:
+        res["valueQuantity"]["value"] = value
+    return len(found)
+
+
+def _prefetch_resources(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for v in body["prefetch"].values() if isinstance(v, dict) for e in v.get("entry", [])]
+
+
+def test_a_changed_result_is_decided_afresh(make_client):
+    _, client = make_client()
+    body = request_for("sample-igg-deficiency", "order-sign")
+    first = post(client, ORDER_SIGN, body)
+    changed = with_instance(body)
+    assert _set_igg(_prefetch_resources(changed), 1100)  # every IgG now normal
+    second = post(client, ORDER_SIGN, changed)
+    assert without_uuids(second) != without_uuids(first)
+    assert [c["source"]["topic"]["code"] for c in second] != [c["source"]["topic"]["code"] for c in first]
+
+
+def test_another_day_or_another_service_url_is_decided_afresh(make_client, monkeypatch):
+    app, client = make_client()
+    body = request_for("sample-igg-deficiency", "order-sign")
+    post(client, ORDER_SIGN, body)
+    monkeypatch.setattr(cds, "today", lambda: date(2026, 11, 25))
+    post(client, ORDER_SIGN, with_instance(body))
+    assert len(app.extensions["ivig_cds"].answers) == 2
+    response = client.post(f"/cds-services/{ORDER_SIGN}", json=with_instance(body), base_url="https://ehr-proxy.test")
+    assert response.status_code == 200
+    assert len(app.extensions["ivig_cds"].answers) == 3
+    assert "https://ehr-proxy.test/smart/launch" in str(response.get_json())
+
+
+def test_the_memo_is_bounded_and_can_be_turned_off(make_client):
+    app, client = make_client(**{"limits.answer_cache_entries": 2})
+    body = request_for("sample-igg-deficiency", "order-sign")
+    for n in range(5):
+        varied = with_instance(body)
+        varied["context"]["userId"] = f"Practitioner/p{n}"
+        post(client, ORDER_SIGN, varied)
+    assert len(app.extensions["ivig_cds"].answers) == 2
+    off, off_client = make_client(**{"limits.answer_cache_entries": 0})
+    post(off_client, ORDER_SIGN, body)
+    assert len(off.extensions["ivig_cds"].answers) == 0
+
+
+def test_reissue_derives_uuids_as_the_cards_are_made():
+    """``reissue`` gives a card the uuids ``to_card`` gives it for that hookInstance."""
+    from hooks import SERVICES
+    from hooks.service_def import HookRequest
+
+    body = request_for("sample-igg-deficiency", "order-sign")
+    service = SERVICES[ORDER_SIGN]
+
+    def cards_for(instance: str) -> list[dict[str, Any]]:
+        return service.handler(HookRequest(hook=service.hook, hook_instance=instance, service_id=service.id,
+                                           context=body["context"], prefetch=body["prefetch"], today=TODAY)).cards
+
+    a, b = cards_for("instance-a"), cards_for("instance-b")
+    assert a and reissue(a, "instance-b", service.id) == b
+    assert card_uuids(a) != card_uuids(b)
+
+
+# ------------------------------------------------------------------ a real FHIR server: never memoised
+
+
+@pytest.fixture(scope="module")
+def fhir_server():
+    yield from start_server()
+
+
+@pytest.mark.slow
+def test_answers_read_from_a_fhir_server_are_never_reused(make_client, fhir_server: FhirServer):
+    """A lab result that arrives between two chart opens changes the second answer."""
+    scenario = fhir_fixtures.load_scenario("sample-igg-deficiency")
+    resources = [e["resource"] for e in scenario["bundle"]["entry"]]
+    fhir_server.reset()
+    fhir_server.load(resources)
+    body = request_for("sample-igg-deficiency", "order-sign")
+    body = {k: v for k, v in body.items() if k != "prefetch"}
+    body["fhirServer"] = fhir_server.base
+    body["fhirAuthorization"] = {"access_token": fhir_server.token, "token_type": "Bearer",
+                                 "scope": "patient/*.read", "subject": "ivig-cds"}
+    app, client = make_client(**{"prefetch.deadline_seconds": 10.0, "prefetch.query_timeout_seconds": 8.0})
+    first = post(client, ORDER_SIGN, body)
+    assert len(app.extensions["ivig_cds"].answers) == 0
+
+    assert _set_igg(resources, 1100)
+    fhir_server.reset()
+    fhir_server.load(resources)
+    second = post(client, ORDER_SIGN, with_instance(body))
+    assert without_uuids(second) != without_uuids(first)
+    assert len(app.extensions["ivig_cds"].answers) == 0
+
+
+# ------------------------------------------------------------------ the key: exactly "the same request but for its hookInstance and token"
+
+
+def _key(body: dict[str, Any], raw: bytes | None = None, **overrides):
+    import orjson
+
+    from service.answers import AnswerMemo
+
+    args = {"service_id": ORDER_SIGN, "today": TODAY, "base_url": "http://127.0.0.1:8080", "tenant": None}
+    args.update(overrides)
+    return AnswerMemo(8).key(orjson.dumps(body) if raw is None else raw, body, **args)
+
+
+def _authorised(body: dict[str, Any], token: str) -> dict[str, Any]:
+    out = copy.deepcopy(body)
+    out["fhirServer"] = "http://127.0.0.1:9/fhir"
+    out["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "scope": "patient/*.read",
+                                "subject": "ivig-cds"}
+    return out
+
+
+def test_the_key_ignores_only_the_hook_instance_and_the_access_token():
+    body = _authorised(request_for("sample-igg-deficiency", "order-sign"), "eyJhbGciOi.first-token.sig")
+    again = with_instance(body, token="eyJhbGciOi.second-token.sig")
+    assert _key(body) is not None and _key(body) == _key(again)
+    changed = copy.deepcopy(again)
+    assert _set_igg(_prefetch_resources(changed), 1100)
+    assert _key(changed) != _key(body)
+    assert _key(body, tenant="other") != _key(body)
+    assert _key(body, today=date(2026, 11, 25)) != _key(body)
+    assert _key(body, base_url="https://cds.example.org") != _key(body)
+    assert _key(body, service_id=PATIENT_VIEW) != _key(body)
+    same = _authorised(body, body["hookInstance"])  # a token equal to the hookInstance: two cuts in one place
+    assert _key(same) is None
+
+
+@pytest.mark.parametrize("how", ["repeated in the data", "JSON punctuation", "escaped in the text", "not a string"])
+def test_a_request_whose_hook_instance_cannot_be_cut_out_exactly_is_not_memoised(how):
+    import orjson
+
+    body = request_for("sample-igg-deficiency", "order-sign")
+    raw = None
+    if how == "repeated in the data":
+        body["context"]["userId"] = f"Practitioner/{body['hookInstance']}"
+        body["prefetch"]["patient"]["id"] = body["hookInstance"]
+    elif how == "JSON punctuation":
+        body["hookInstance"] = "a\",\"b"
+    elif how == "escaped in the text":
+        raw = orjson.dumps(body).replace(orjson.dumps(body["hookInstance"]),
+                                         b'"' + "".join(f"\\u{ord(c):04x}" for c in body["hookInstance"]).encode() + b'"')
+        assert orjson.loads(raw) == body
+    else:
+        body["hookInstance"] = 42
+    assert _key(body, raw) is None
+
+
+def test_a_request_answered_again_over_http_with_a_rotated_token(make_client):
+    """Complete prefetch and a fhirServer: nothing is read, so the answer is memoised despite the token."""
+    app, client = make_client()
+    body = _authorised(request_for("sample-igg-deficiency", "order-sign"), "eyJ.token-1.sig")
+    first = post(client, ORDER_SIGN, body)
+    again = post(client, ORDER_SIGN, with_instance(body, token="eyJ.token-2.sig"))
+    assert len(app.extensions["ivig_cds"].answers) == 1
+    assert without_uuids(again) == without_uuids(first)
