@@ -26,7 +26,10 @@ def init_app(app: Flask, allow_origins: list[str]) -> None:
 
     @app.after_request
     def _cors_headers(response):
-        allowed = _origin_allowed(request.headers.get("Origin"))
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser's cross-origin call (an EHR's server): CORS does not apply
+            return response
+        allowed = _origin_allowed(origin)
         if allowed and request.headers.get("Access-Control-Request-Private-Network") == "true":
             # Private Network Access: a public https page (the CDS Hooks sandbox) calling a
             # service on localhost or the intranet asks first; the service is meant to be called.

@@ -90,6 +90,19 @@ def _get() -> _Metrics | None:
     return _metrics
 
 
+#: labelled children by metric and label values: ``labels()`` validates and locks on every call.
+#: Bounded because every label value is (see the module docstring).
+_children: dict[tuple[int, tuple[str, ...]], object] = {}
+
+
+def _child(metric, *values: str):
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def _label(value: object, default: str = "none") -> str:
     text = str(value) if value not in (None, "") else default
     return text[:_MAX_LABEL]
@@ -103,9 +116,9 @@ def observe_prefetch(key: str, seconds: float, ok: bool) -> None:
     if m is None:
         return
     try:
-        m.prefetch_latency.labels(_label(key)).observe(max(0.0, float(seconds)))
+        _child(m.prefetch_latency, _label(key)).observe(max(0.0, float(seconds)))
         if not ok:
-            m.prefetch_failures.labels(_label(key)).inc()
+            _child(m.prefetch_failures, _label(key)).inc()
     except Exception:  # metrics must never break a clinical answer
         log.warning("could not record prefetch metric", exc_info=True)
 
@@ -116,7 +129,7 @@ def count_feedback(outcome: str, service: str = "", n: int = 1) -> None:
     if m is None or n <= 0:
         return
     try:
-        m.feedback.labels(_label(service, "unknown"), _label(outcome)).inc(n)
+        _child(m.feedback, _label(service, "unknown"), _label(outcome)).inc(n)
     except Exception:
         log.warning("could not record feedback metric", exc_info=True)
 
@@ -127,7 +140,7 @@ def count_cards(service: str, topics: list[str | None]) -> None:
     if m is None:
         return
     for topic in topics:
-        m.cards.labels(_label(service, "unknown"), _label(topic)).inc()
+        _child(m.cards, _label(service, "unknown"), _label(topic)).inc()
 
 
 # ------------------------------------------------------------------ Flask wiring
@@ -164,10 +177,10 @@ def init_app(app: Flask) -> None:
             endpoint = request.endpoint or "unmatched"
             service = _service_label()
             status = str(response.status_code)
-            m.requests.labels(endpoint, service, status).inc()
+            _child(m.requests, endpoint, service, status).inc()
             started = g.get("metrics_started")
             if started is not None:
-                m.latency.labels(endpoint, service, status).observe(time.perf_counter() - started)
+                _child(m.latency, endpoint, service, status).observe(time.perf_counter() - started)
             if response.status_code < 400:
                 topics = g.get("cds_topics")
                 if topics:

@@ -886,6 +886,13 @@ def test_cors_headers_on_actual_responses(client):
         assert resp.headers.get("Access-Control-Allow-Origin") == "*", resp.status_code
 
 
+def test_a_call_without_origin_gets_no_cors_headers(client):
+    """An EHR's server-side call is not a browser's cross-origin request: no CORS headers to add."""
+    resp = post_json(client, service_url("patient-view"), valid_request("patient-view"))
+    assert resp.status_code == 200
+    assert not [h for h in resp.headers.keys() if h.lower().startswith("access-control-")]
+
+
 def test_cors_restricted_to_configured_origins(make_client):
     client = make_client(**{"security.cors_allow_origins": ["https://ehr.example.org"]})
     preflight = {"Access-Control-Request-Method": "POST"}
