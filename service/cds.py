@@ -2,7 +2,9 @@
 
 Each view is the pipeline and nothing more: look up the service, authenticate, read the body,
 check the envelope, complete the prefetch, call the hook's handler, record what was issued,
-answer. Every failure is raised as a ``CdsError`` and answered in service/errors.py.
+answer. A body answered before but for its hookInstance and token is answered from the memo in
+service/answers.py (same cards, this call's uuids). Every failure is raised as a ``CdsError``
+and answered in service/errors.py.
 """
 
 from __future__ import annotations
