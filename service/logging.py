@@ -115,11 +115,6 @@ def configure_logging(level: str = "INFO") -> None:
     _listener.start()
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Records never show thread or process names (JsonFormatter writes SAFE_FIELDS only): skip
-    # collecting them for every record.
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     # werkzeug's access log prints the full URL and client address in plain text; ours replaces it.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # urllib3 quotes request URLs (debug lines, retry warnings): FHIR queries carry patient ids.
