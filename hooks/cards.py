@@ -209,15 +209,27 @@ def prune(value: Any) -> Any:
     return value
 
 
+def _with_uuids(card: dict[str, Any], hook_instance: str, service_id: str) -> dict[str, Any]:
+    """The card (a shallow copy) with its uuid and its suggestions' uuids for this call.
+
+    A card's uuid is derived from the hookInstance, service and topic, a suggestion's from the
+    card's uuid and its label: the same call gets the same uuids, another call other ones.
+    """
+    card_uuid = _uuid(hook_instance, service_id, card["source"]["topic"]["code"])
+    out = {**card, "uuid": card_uuid}
+    if "suggestions" in card:
+        out["suggestions"] = [{**s, "uuid": _uuid(card_uuid, s["label"])} for s in card["suggestions"]]
+    return out
+
+
 def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
-    card_uuid = _uuid(ctx.hook_instance, ctx.service_id, plan.topic.value)
     rules = [a.rule for a in plan.assessments]
     links = [{"label": "Guideline reference: AAAAI practice parameter (Bonilla 2015)", "url": GUIDELINE_URL,
               "type": "absolute"}]
     if ctx.smart_url:
         links.append({"label": "Ig trend and decision trace (SMART app)", "url": ctx.smart_url, "type": "smart"})
     card: dict[str, Any] = {
-        "uuid": card_uuid,
+        "uuid": None,  # set by _with_uuids, here so that it comes first
         "summary": clip(plan.summary),
         "indicator": plan.indicator,
         "detail": render_detail(plan, ctx),
@@ -230,31 +242,22 @@ def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
         "extension": {"ivig-cds-ruleset-version": ctx.ruleset_version, "ivig-cds-rules": rules},
     }
     if plan.suggestions:
-        card["suggestions"] = [
-            {**s, "uuid": _uuid(card_uuid, s["label"])} for s in plan.suggestions
-        ]
+        card["suggestions"] = plan.suggestions
         card["selectionBehavior"] = plan.selection_behavior or "at-most-one"
     if plan.override_reasons:
         card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
                                    for code, display in plan.override_reasons.items()]
-    return prune(card)
+    return prune(_with_uuids(card, ctx.hook_instance, ctx.service_id))
 
 
 def reissue(cards: list[dict[str, Any]], hook_instance: str, service_id: str) -> list[dict[str, Any]]:
-    """The same cards for another call: uuids derived from its hookInstance, as ``to_card`` does.
+    """The same cards for another call, with that call's uuids (as ``to_card`` gives them).
 
-    A memoised answer (service/answers.py) is given to a later call with the same record; its
+    A memoised answer (service/answers.py) is given to a later call with the same request; its
     cards must carry that call's uuids so that feedback names them. Only the card and its
     suggestions are copied; everything below them is shared and never mutated.
     """
-    out = []
-    for card in cards:
-        card_uuid = _uuid(hook_instance, service_id, card["source"]["topic"]["code"])
-        copy = {**card, "uuid": card_uuid}
-        if "suggestions" in card:
-            copy["suggestions"] = [{**s, "uuid": _uuid(card_uuid, s["label"])} for s in card["suggestions"]]
-        out.append(copy)
-    return out
+    return [_with_uuids(card, hook_instance, service_id) for card in cards]
 
 
 def workup_plan(assessment: Assessment, ctx: CardContext, *, indicator: str, before_ivig: bool,
