@@ -9,6 +9,15 @@ TOPICS = {"ivig-not-indicated", "ivig-indicated", "workup-incomplete", "hyper-ig
 INDICATORS = {"info", "warning", "critical"}
 
 
+def without_uuids(value: Any) -> Any:
+    """Cards compared by content: uuids are per call."""
+    if isinstance(value, dict):
+        return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
+    if isinstance(value, list):
+        return [without_uuids(v) for v in value]
+    return value
+
+
 def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 

@@ -15,6 +15,7 @@ from hooks.cards import reissue
 from service import cds
 from service.app import create_app
 from service.feedback import MemoryFeedbackStore
+from tests.cds_validate import without_uuids
 from tests.conftest import make_settings
 from tests.fhir_server import FhirServer, start_server
 
@@ -36,14 +37,6 @@ def with_instance(body: dict[str, Any], token: str | None = None) -> dict[str, A
     if token is not None:
         again.setdefault("fhirAuthorization", {})["access_token"] = token
     return again
-
-
-def without_uuids(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
-    if isinstance(value, list):
-        return [without_uuids(v) for v in value]
-    return value
 
 
 def card_uuids(cards: list[dict[str, Any]]) -> list[str]:

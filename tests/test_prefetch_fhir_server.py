@@ -32,6 +32,7 @@ from service.errors import PreconditionFailed
 from service.feedback import MemoryFeedbackStore
 from service.models import parse_cds_request
 from service.prefetch import CompletedData, PrefetchCompleter
+from tests.cds_validate import without_uuids
 from tests.conftest import ROOT, make_settings
 from tests.fhir_server import FhirServer, start_server
 
@@ -76,15 +77,6 @@ def run_hook(settings, body: dict[str, Any], today: date) -> tuple[CompletedData
         extra_resources=completed.extra_resources, base_url="http://127.0.0.1:8080",
         ruleset_version=ruleset_version(settings.guideline)))
     return completed, result.cards
-
-
-def without_uuids(value: Any) -> Any:
-    """Cards compared by content: uuids are per call."""
-    if isinstance(value, dict):
-        return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
-    if isinstance(value, list):
-        return [without_uuids(v) for v in value]
-    return value
 
 
 def ids(bundle: dict[str, Any]) -> set[str]:
