@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from hooks import valuesets as vs
 from hooks.assessment import TOPIC_DISPLAY, TOPIC_SYSTEM, Assessment, Evidence, Topic
+from hooks.config import DEFAULT_CONFIG, GuidelineConfig
 from hooks.references import GUIDELINE_URL, REFERENCES
 from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES, RuleSpec
 
@@ -89,6 +90,8 @@ class CardContext:
     ruleset_version: str
     smart_url: str | None = None
     data_notes: tuple[str, ...] = ()
+    #: the thresholds, for advice text that quotes them
+    config: GuidelineConfig = DEFAULT_CONFIG
 
 
 # ------------------------------------------------------------------ text helpers

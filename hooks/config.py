@@ -22,6 +22,11 @@ def _t(default: float | int, description: str, unit: str, source: str):
     )
 
 
+#: The top of the guideline's trough target range (criteria.md: ">= 600–800 mg/dL"). Only advice
+#: text quotes it; the rules compare with ``trough_target_mg_dl``.
+TROUGH_RANGE_TOP_MG_DL = 800
+
+
 class GuidelineConfig(BaseModel):
     """The thresholds of the IgM-deficiency guideline. Frozen: one object per running ruleset."""
 
@@ -118,6 +123,20 @@ class GuidelineConfig(BaseModel):
     immunomodulatory_dose_max_g_per_kg: float = _t(
         2.0, "Upper end of the immunomodulatory dose range", "g/kg",
         "criteria.md: immunomodulatory dose 1–2 g/kg")
+
+    # --- the treatment thresholds as advice text (cards quote what the rules check) ---
+
+    def replacement_regimen(self) -> str:
+        """'0.4–0.6 g/kg every 3–4 weeks' from the dose and interval thresholds."""
+        return (f"{self.dose_min_g_per_kg:g}–{self.dose_max_g_per_kg:g} g/kg every "
+                f"{self.interval_min_weeks:g}–{self.interval_max_weeks:g} weeks")
+
+    def trough_target_range(self) -> str:
+        """'600–800 mg/dL': the configured target up to the top of the guideline's target range."""
+        low = self.trough_target_mg_dl
+        if low < TROUGH_RANGE_TOP_MG_DL:
+            return f"{low:g}–{TROUGH_RANGE_TOP_MG_DL:g} mg/dL"
+        return f"{low:g} mg/dL"
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> "GuidelineConfig":

@@ -80,7 +80,7 @@ def plans_for_orders(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardCo
             if topic is Topic.IVIG_NOT_INDICATED:
                 plans.append(_not_indicated_plan(ev, orders, ctx))
             elif topic is Topic.IVIG_INDICATED:
-                plans.append(CardPlan(topic, "info", indicated_summary(outcome), [outcome]))
+                plans.append(CardPlan(topic, "info", indicated_summary(outcome, ctx.config), [outcome]))
             elif topic is Topic.HYPER_IGM_PATTERN:
                 plan = CardPlan(topic, "critical",
                                 f"Hyper-IgM pattern: {outcome.conclusion} — this patient needs IVIG and immunology referral",

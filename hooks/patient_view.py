@@ -30,6 +30,7 @@ def card_context(request: HookRequest, ev: PatientEvaluation) -> CardContext:
         ruleset_version=request.ruleset_version,
         smart_url=request.smart_launch_url,
         data_notes=notes,
+        config=request.config,
     )
 
 
@@ -51,9 +52,9 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
         for topic in (spec.topics.get(PV, ()) if spec else ()):
             if topic is Topic.WORKUP_INCOMPLETE:
                 plan = workup_plan(d.outcome, ctx, indicator=INDICATOR[topic], before_ivig=False)
-                plan.summary = patient_view_summary(d.outcome, ev.facts)
+                plan.summary = patient_view_summary(d.outcome, ev.facts, ctx.config)
             else:
-                plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts), [d.outcome])
+                plan = CardPlan(topic, INDICATOR[topic], patient_view_summary(d.outcome, ev.facts, ctx.config), [d.outcome])
             if topic is Topic.HYPER_IGM_PATTERN:
                 plan.suggestions = [referral_suggestion(ctx)]
             plans.append(plan)

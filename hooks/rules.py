@@ -123,12 +123,16 @@ def _infection_count_text(facts: Facts, cfg: GuidelineConfig) -> str:
     return f"{n} severe infection{'s' if n != 1 else ''}{extra} {window_text(facts, cfg)}"
 
 
-TREATMENT_PLAN = (
-    "IVIG 0.4–0.6 g/kg every 3–4 weeks",
-    "Target trough IgG >= 600–800 mg/dL, measured just before an infusion: before each infusion initially, "
-    "then every 3 months once stable; monthly during active infection",
-    "Track infection frequency as the primary outcome, not IgM",
-)
+def treatment_plan(cfg: GuidelineConfig) -> tuple[str, ...]:
+    """The replacement regimen and its monitoring, with the configured dose, interval and trough."""
+    return (
+        f"IVIG {cfg.replacement_regimen()}",
+        f"Target trough IgG >= {cfg.trough_target_range()}, measured just before an infusion: before each "
+        f"infusion initially, then every {cfg.trough_overdue_months} months once stable; monthly during active "
+        "infection",
+        "Track infection frequency as the primary outcome, not IgM",
+    )
+
 NO_REPLACEMENT_PLAN = (
     "No immunoglobulin replacement",
     "Prophylactic antibiotics for recurrent non-severe respiratory infections",
@@ -147,7 +151,7 @@ NO_REPLACEMENT_PLAN = (
       references=("higm", "bonilla-2015"))
 def hyper_igm_pattern(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
     """Pitfall #2: hyper-IgM syndrome is not selective IgM deficiency; it needs regular IVIG."""
-    advice = ("Regular IVIG replacement (0.4–0.6 g/kg every 3–4 weeks) and prophylactic antibiotics",
+    advice = (f"Regular IVIG replacement ({cfg.replacement_regimen()}) and prophylactic antibiotics",
               "Urgent immunology referral (CD40L / AID work-up)",
               "Never manage as isolated IgM deficiency")
     if facts.hyper_igm_diagnosis:
@@ -232,7 +236,7 @@ def indicated_by_igg_deficiency(facts: Facts, cfg: GuidelineConfig) -> RuleResul
         f"{window_text(facts, cfg)}",
         (_igg_evidence(facts, cfg), *_infection_evidence(facts.infections.severe, "Severe infection"),
          *((_lab_evidence(facts.igm),) if facts.igm.values else ())),
-        TREATMENT_PLAN,
+        treatment_plan(cfg),
         thresholds=(f"IgG < {cfg.igg_deficient_mg_dl:g} mg/dL",
                     f">= {cfg.recurrent_severe_infection_count} severe infections in {cfg.infection_window_months} months"))
 
@@ -263,7 +267,7 @@ def indicated_by_impaired_pneumococcal_response(facts: Facts, cfg: GuidelineConf
         f"severe infections",
         (_pneumo_evidence(facts), *_infection_evidence(facts.infections.severe, "Severe infection"),
          _lab_evidence(facts.igm), _lab_evidence(facts.igg)),
-        TREATMENT_PLAN,
+        treatment_plan(cfg),
         thresholds=(f"protective >= {cfg.titer_protective_ug_ml:g} ug/mL per serotype",
                     f"impaired < {round(100 * (p.required_fraction or cfg.ppsv23_protective_fraction))} % protective",
                     f">= {cfg.recurrent_severe_infection_count} severe infections in {cfg.infection_window_months} months"))
@@ -298,7 +302,7 @@ def consider_ivig_regardless_of_igg(facts: Facts, cfg: GuidelineConfig) -> RuleR
         "consider_ivig_regardless_of_igg", Verdict.SUPPORTS, f"{why} with low IgM",
         (_lab_evidence(facts.igm), *_infection_evidence(shown, "Infection"),
          *((_lab_evidence(facts.igg),) if facts.igg.values else ())),
-        ("Consider IVIG regardless of the IgG level, with immunology", *TREATMENT_PLAN),
+        ("Consider IVIG regardless of the IgG level, with immunology", *treatment_plan(cfg)),
         thresholds=(f">= {cfg.life_threatening_infection_count} life-threatening infection(s)",
                     f"or >= {cfg.encapsulated_infection_count} severe encapsulated-organism infections"))
 
@@ -544,7 +548,7 @@ def trough_below_target(facts: Facts, cfg: GuidelineConfig) -> RuleResult:
         (Evidence("Trough IgG", trough.measured.display(trough.unit), fmt_date(trough.when),
                   f"below {cfg.trough_target_mg_dl:g} mg/dL"),
          Evidence("Last IVIG/SCIG dose", "given", fmt_date(facts.ivig.last_dose))),
-        ("Review dose and interval (0.4–0.6 g/kg every 3–4 weeks) to reach a trough >= 600–800 mg/dL",
+        (f"Review dose and interval ({cfg.replacement_regimen()}) to reach a trough >= {cfg.trough_target_range()}",
          "Check for active infection (catabolism shortens IVIG half-life) and protein loss",
          "Re-measure the trough just before the next infusion"),
         thresholds=(f"trough target >= {cfg.trough_target_mg_dl:g} mg/dL",))

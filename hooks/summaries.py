@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hooks.assessment import Assessment
+from hooks.config import GuidelineConfig
 from hooks.facts import Facts
 
 
@@ -17,14 +18,14 @@ def _igm(f: Facts) -> str:
     return v.measured.display(v.unit) if v else "not on record"
 
 
-def patient_view_summary(a: Assessment, f: Facts) -> str:
+def patient_view_summary(a: Assessment, f: Facts, cfg: GuidelineConfig) -> str:
     rule = a.rule
     if rule == "hyper_igm_pattern":
         return f"Hyper-IgM pattern: {a.conclusion} — needs regular IVIG and immunology referral"
     if rule == "confounded_by_recent_ivig":
         return f"{a.conclusion}: not interpretable — use pre-IVIG results or repeat later"
     if rule in ("indicated_by_igg_deficiency", "indicated_by_impaired_pneumococcal_response"):
-        return f"IVIG indicated: {a.conclusion}; 0.4–0.6 g/kg every 3–4 weeks, trough >= 600 mg/dL"
+        return f"IVIG indicated: {a.conclusion}; {cfg.replacement_regimen()}, trough >= {cfg.trough_target_mg_dl:g} mg/dL"
     if rule == "consider_ivig_regardless_of_igg":
         return f"Consider IVIG regardless of IgG: {a.conclusion}"
     if rule == "workup_incomplete":
@@ -55,10 +56,10 @@ def not_indicated_summary(a: Assessment, f: Facts) -> str:
     return f"IVIG not indicated: {a.conclusion}"
 
 
-def indicated_summary(a: Assessment) -> str:
+def indicated_summary(a: Assessment, cfg: GuidelineConfig) -> str:
     if a.rule == "consider_ivig_regardless_of_igg":
         return f"IVIG may be considered regardless of IgG: {a.conclusion}"
-    return f"IVIG indicated: {a.conclusion}; 0.4–0.6 g/kg every 3–4 weeks, trough >= 600–800 mg/dL"
+    return f"IVIG indicated: {a.conclusion}; {cfg.replacement_regimen()}, trough >= {cfg.trough_target_range()}"
 
 
 def workup_summary(a: Assessment, before_ivig: bool) -> str:

@@ -6,30 +6,57 @@ import copy
 import re
 from datetime import date
 
+import pytest
+
 import fhir_fixtures
 import hooks
 from fhir_fixtures.builder import amoxicillin_order, draft_orders, ivig_order
 from hooks.cards import clip
+from hooks.config import DEFAULT_CONFIG, GuidelineConfig
 from hooks.service_def import HookRequest
 from tests.cds_validate import response_problems, topics
 
 TODAY = date(2026, 11, 24)
 
 
-def cards_for(name: str, hook: str, hook_instance: str | None = None, context_patch=None) -> list[dict]:
+def cards_for(name: str, hook: str, hook_instance: str | None = None, context_patch=None,
+              config: GuidelineConfig = DEFAULT_CONFIG) -> list[dict]:
     body = copy.deepcopy(fhir_fixtures.load_json(name, f"request-{hook}.json"))
     if context_patch:
         body["context"].update(context_patch)
     service = next(s for s in hooks.SERVICES.values() if s.hook == hook)
     result = service.handler(HookRequest(hook=hook, hook_instance=hook_instance or body["hookInstance"],
                                          service_id=service.id, context=body["context"], prefetch=body["prefetch"],
-                                         today=TODAY, ruleset_version="9.9.9+cfg.test"))
+                                         today=TODAY, ruleset_version="9.9.9+cfg.test", config=config))
     assert response_problems(result.response_body()) == []
     return result.cards
 
 
 def by_topic(cards: list[dict]) -> dict[str, dict]:
     return {c["source"]["topic"]["code"]: c for c in cards}
+
+
+# a hospital's own regimen: every number differs from the guideline default
+OWN_REGIMEN = GuidelineConfig(dose_min_g_per_kg=0.3, dose_max_g_per_kg=0.8, interval_min_weeks=2, interval_max_weeks=5,
+                              trough_target_mg_dl=700, trough_overdue_months=2)
+
+
+@pytest.mark.parametrize(("scenario", "hook", "topic"), [
+    ("sample-igg-deficiency", "order-sign", "ivig-indicated"),
+    ("sample-igg-deficiency", "patient-view", "ivig-indicated"),
+    ("sample-hyper-igm", "patient-view", "hyper-igm-pattern"),
+    ("sample-on-ivig-low-trough", "patient-view", "ivig-monitoring"),
+])
+def test_advice_quotes_the_configured_regimen_and_trough_target(scenario, hook, topic):
+    """Cards restate dose, interval and trough target (card-topics.md) as the rules check them."""
+    default = by_topic(cards_for(scenario, hook))[topic]
+    own = by_topic(cards_for(scenario, hook, config=OWN_REGIMEN))[topic]
+    assert "0.4–0.6 g/kg every 3–4 weeks" in default["summary"] + default["detail"]
+    assert "0.3–0.8 g/kg every 2–5 weeks" in own["summary"] + own["detail"]
+    assert "0.4–0.6" not in own["summary"] + own["detail"]
+    if topic != "hyper-igm-pattern":
+        assert "600" in default["summary"] + default["detail"]
+        assert "700" in own["summary"] + own["detail"] and "600" not in own["summary"] + own["detail"]
 
 
 def test_card_uuid_is_stable_per_hook_instance_and_topic():
