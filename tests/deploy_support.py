@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 import requests
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -60,14 +60,9 @@ class Server:
 
     def stop(self, timeout: float = 40.0) -> int:
         """SIGTERM (what Docker and Kubernetes send), then wait; the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if not stop_process(self.proc, timeout):
             raise AssertionError(f"server did not stop within {timeout}s of SIGTERM:\n{self.log()[-3000:]}")
+        return self.proc.returncode
 
 
 def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, path: str = "/healthz",

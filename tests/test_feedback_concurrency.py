@@ -31,7 +31,7 @@ from sqlalchemy import inspect, select, text
 
 from service.storage import alembic_config, feedback
 from tests.pg import db_url, pg_database, pg_url  # noqa: F401 - fixtures
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 from tests.test_feedback_store import SERVICE, fb_item, issued, items, store_for
 
 FEEDBACK_URL = f"/cds-services/{SERVICE}/feedback"
@@ -197,13 +197,7 @@ def gunicorn(tmp_path: Path, url: str, name: str, **extra_env: str) -> Iterator[
         wait_ready(base, proc, log_path)
         yield base, proc, log_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=60)
 
 
 def post_all(base: str, batches: list[list], threads: int = 16) -> list[tuple[int, dict | None]]:

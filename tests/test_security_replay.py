@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 from service.auth_replay import MemoryReplayStore, RedisReplayStore, SqlReplayStore, jwt_replay, replay_key
 from service.db import make_engine, metadata
 from tests.security_helpers import ISSUER, bearer, claims, jwks, new_key, patient_view_body, sign
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -197,12 +197,7 @@ def test_replay_rejected_across_two_gunicorn_workers(tmp_path, request, backend)
         print(f"gunicorn replay ({backend}): statuses per token {session_results}; workers per token {workers}")
         assert max(workers.values()) >= 2, f"never reached both workers: {workers}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
     stderr = proc.stderr.read() if proc.stderr else ""
     assert "Traceback" not in stderr, stderr[-3000:]
 
