@@ -28,6 +28,29 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
+def make_app(tmp_path):
+    """Apps built from given Settings, or from defaults plus dotted overrides (data in its own tmp
+    dir); each with an in-memory feedback store, all closed at the end of the test."""
+    apps = []
+
+    def build(settings: Settings | None = None, **overrides):
+        app = create_app(settings or make_settings(tmp_path / f"app{len(apps)}", **overrides),
+                         store=MemoryFeedbackStore())
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["ivig_cds"].close()
+
+
+@pytest.fixture
+def make_client(make_app):
+    """A test client for an app built with the given dotted setting overrides."""
+    return lambda **overrides: make_app(**overrides).test_client()
+
+
+@pytest.fixture
 def app(settings):
     app = create_app(settings, store=MemoryFeedbackStore())
     yield app

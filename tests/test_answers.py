@@ -13,10 +13,7 @@ import pytest
 import fhir_fixtures
 from hooks.cards import reissue
 from service import cds
-from service.app import create_app
-from service.feedback import MemoryFeedbackStore
 from tests.cds_validate import without_uuids
-from tests.conftest import make_settings
 from tests.fhir_server import FhirServer, start_server
 
 TODAY = fhir_fixtures.REFERENCE_TODAY
@@ -44,20 +41,15 @@ def card_uuids(cards: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.fixture
-def make_client(tmp_path, monkeypatch):
-    """Apps with given settings, their clock at the fixtures' day."""
+def make_client(make_app, monkeypatch):
+    """(app, client) with given settings and no sample patients, the clock at the fixtures' day."""
     monkeypatch.setattr(cds, "today", lambda: TODAY)
-    apps = []
 
     def make(**overrides):
-        app = create_app(make_settings(tmp_path / str(len(apps)), **{"sample_patients": False, **overrides}),
-                         store=MemoryFeedbackStore())
-        apps.append(app)
+        app = make_app(**{"sample_patients": False, **overrides})
         return app, app.test_client()
 
-    yield make
-    for app in apps:
-        app.extensions["ivig_cds"].close()
+    return make
 
 
 def post(client, service_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,9 +19,7 @@ from typing import Any
 import pytest
 
 import hooks
-from service.app import create_app
 from service.errors import BadGateway, BadRequest, CdsError, PreconditionFailed
-from service.feedback import MemoryFeedbackStore
 from service.fhir_client import FhirClientPool
 from service.models import parse_cds_request
 from service.prefetch import (CompletedData, PrefetchCompleter, missing_keys, plan_query, render_template,
@@ -452,17 +450,8 @@ def test_neither_token_nor_patient_id_is_logged(tmp_path, stub, caplog):
 # ------------------------------------------------------------------ over HTTP, through the app
 
 @pytest.fixture
-def client_for(tmp_path):
-    apps = []
-
-    def make(**overrides):
-        app = create_app(settings_for(tmp_path, **overrides), store=MemoryFeedbackStore())
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["ivig_cds"].close()
+def client_for(make_app, tmp_path):
+    return lambda **overrides: make_app(settings_for(tmp_path, **overrides)).test_client()
 
 
 def test_http_412_body_names_the_missing_keys(client_for):

@@ -19,17 +19,14 @@ import re
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 import hooks
-from service.app import create_app
-from service.feedback import MemoryFeedbackStore
 from service.logging import JsonFormatter
-from tests.conftest import REFERENCE, SHARED, make_settings
+from tests.conftest import REFERENCE, SHARED
 
 SPEC = REFERENCE / "spec-2.0.1"
 CARD_TOPICS = SHARED / "contract" / "card-topics.md"
@@ -117,21 +114,6 @@ def dead_fhir_server() -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ apps and requests
-
-@pytest.fixture
-def make_client(tmp_path) -> Iterator[Callable[..., FlaskClient]]:
-    """A client for an app built with the given dotted setting overrides (data in tmp)."""
-    apps: list[Flask] = []
-
-    def build(**overrides: Any) -> FlaskClient:
-        app = create_app(make_settings(tmp_path / f"app{len(apps)}", **overrides), store=MemoryFeedbackStore())
-        apps.append(app)
-        return app.test_client()
-
-    yield build
-    for app in apps:
-        app.extensions["ivig_cds"].close()
-
 
 def service_url(hook: str) -> str:
     return f"/cds-services/{SERVICE_ID[hook]}"

@@ -62,17 +62,8 @@ def secure_settings(tmp_path, issuers, **overrides):
 
 
 @pytest.fixture
-def make_client(tmp_path):
-    apps = []
-
-    def build(issuers, **overrides):
-        app = create_app(secure_settings(tmp_path, issuers, **overrides), store=MemoryFeedbackStore())
-        apps.append(app)
-        return app.test_client()
-
-    yield build
-    for app in apps:
-        app.extensions["ivig_cds"].close()
+def make_client(make_app, tmp_path):
+    return lambda issuers, **overrides: make_app(secure_settings(tmp_path, issuers, **overrides)).test_client()
 
 
 @pytest.fixture

@@ -20,20 +20,6 @@ from tests.servers import live_app
 HOOK = f"/cds-services/{PATIENT_VIEW}"
 
 
-@pytest.fixture
-def make_client(tmp_path):
-    apps = []
-
-    def build(**overrides):
-        app = create_app(make_settings(tmp_path, **overrides), store=MemoryFeedbackStore())
-        apps.append(app)
-        return app.test_client()
-
-    yield build
-    for app in apps:
-        app.extensions["ivig_cds"].close()
-
-
 def observations(n: int) -> dict:
     return {"resourceType": "Bundle", "type": "searchset",
             "entry": [{"resource": {"resourceType": "Observation", "id": f"o{i}", "status": "final"}}
