@@ -7,14 +7,19 @@ What the cards say depends only on the rest of the body, the service, "today", t
 (SMART links), the client's tenant, and the app's thresholds and ruleset (fixed per app).
 
 **The key** is a SHA-256 digest of the raw body with those two values cut out, plus the other
-inputs. A value is cut out only when its JSON text (as orjson writes it, quotes included) occurs
-exactly once in the body and holds no JSON punctuation (so that occurrence is a whole string
-token; UUIDs and JWTs qualify), and it is replaced by a marker holding a NUL byte, which valid JSON
-text never contains. So two bodies with one key are byte-identical except at that one place;
-and since that place holds the parsed ``hookInstance`` (or token) in both, they differ in that
-value and nothing else. (A body that spells the value differently, with escapes, or repeats it
-elsewhere is simply not memoised.) Byte-identity is also why a remembered body needs no second
-depth or resource-count check: it has the depth and count of the body that was answered.
+inputs. Each value is cut out at the first place where its JSON text (as orjson writes it, quotes
+included) occurs, and only if it holds no quote, backslash or other JSON punctuation (UUIDs and
+JWTs qualify); a marker holding a NUL byte, which valid JSON text never contains, takes its place.
+Why that is exact: two bodies with one key are then byte-identical but for one place, which holds
+``"v1"`` in the first and ``"v2"`` in the second, each that body's parsed value. Neither holds a
+quote or backslash, so both bodies split into strings and structure at the same places: the same
+JSON but for one string value. If that string is the ``hookInstance`` (or the token), the two
+calls differ in that and nothing else. If it is any other string, their ``hookInstance`` fields
+are the same text, so ``v1 == v2`` and the bodies are identical. (The first occurrence is enough:
+a second full scan to prove it unique cost more than the hash on a large body.) A body that
+spells the value differently, with escapes, is simply not memoised. Byte-identity is also why a
+remembered body needs no second depth or resource-count check: it has the depth and count of the
+body that was answered.
 
 **What is stored**: the result of a call answered with status 200 whose prefetch was completed
 without reading a FHIR server (what a server returns can change between calls, so such answers
@@ -36,15 +41,25 @@ from hooks.service_def import HookResult
 
 #: Stands in for a cut-out value; a NUL byte never occurs in valid JSON text.
 _MARKERS = (b"\x00hookInstance\x00", b"\x00access_token\x00")
-#: A value holding none of these can only occur in JSON text as a whole string token (between two
-#: strings there is always one of ,:[]{}), so cutting it out leaves the structure as it was.
+#: A value holding none of these, quoted, ends a string token wherever it occurs in JSON text, and
+#: putting another such value in its place leaves every other token as it was.
 _STRUCTURAL = frozenset('",:[]{}\\')
+#: hashlib lets other threads run while it hashes 2 048 bytes or more. Under gunicorn's threads
+#: that hand-over cost more than the hash itself (bench/run.py: ~1.4 ms of CPU per large call
+#: against ~0.4 ms with the GIL held), so the body is fed in pieces just below that size.
+_GIL_HELD_PIECE = 2047
 
 
 def _volatile_values(body: dict[str, Any]) -> tuple[Any, Any]:
     """The hookInstance and the access token (None when the request has none)."""
     auth = body.get("fhirAuthorization")
     return body.get("hookInstance"), auth.get("access_token") if isinstance(auth, dict) else None
+
+
+def _hash_holding_gil(digest: Any, data: memoryview) -> None:
+    """``digest.update(data)`` in pieces small enough that hashlib keeps the GIL (see ``_GIL_HELD_PIECE``)."""
+    for offset in range(0, len(data), _GIL_HELD_PIECE):
+        digest.update(data[offset:offset + _GIL_HELD_PIECE])
 
 
 class AnswerMemo:
@@ -69,22 +84,22 @@ class AnswerMemo:
                 return None
             quoted = orjson.dumps(value)
             start = raw.find(quoted)
-            if start < 0 or raw.find(quoted, start + 1) >= 0:
-                return None
+            if start < 0:
+                return None  # spelled with escapes: not memoised
             cuts.append((start, start + len(quoted), marker))
         cuts.sort()
         if len(cuts) == 2 and cuts[0][1] > cuts[1][0]:
-            return None  # cannot happen for two whole string tokens; refuse rather than guess
+            return None  # both values in one place (equal values): refuse rather than guess
         # Hashed piecewise over a view of the body: a cut-out copy of a large body costs more than
         # the hash (the copy's allocation slowed the next request's parsing, bench/run.py).
         view = memoryview(raw)
         digest = hashlib.sha256()
         position = 0
         for start, end, marker in cuts:
-            digest.update(view[position:start])
+            _hash_holding_gil(digest, view[position:start])
             digest.update(marker)
             position = end
-        digest.update(view[position:])
+        _hash_holding_gil(digest, view[position:])
         digest.update(b"\x00" + orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
         return digest.digest()
 
