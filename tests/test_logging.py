@@ -46,3 +46,65 @@ def test_queued_records_keep_the_request_id_and_lose_exception_messages(monkeypa
     assert sum(1 for x in lines if x["message"].startswith("burst ")) == 500
     access = next(x for x in lines if x["logger"] == "ivig_cds.access")
     assert access["request_id"] == "req-123" and access["path"] == "/boom"
+
+
+class _CountingStream(io.StringIO):
+    """stderr that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _with_logging(stream: io.StringIO, monkeypatch, body) -> None:
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        cds_logging.configure_logging("INFO")
+        body()
+    finally:
+        cds_logging._stop_listener()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def _ours(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith('{"time"')]
+
+
+def test_a_burst_of_records_is_written_in_order_in_few_writes(monkeypatch):
+    """Records queued while the writer is busy go out together: one write for many lines."""
+    stream = _CountingStream()
+    log = logging.getLogger("ivig_cds.test")
+
+    def burst() -> None:
+        for i in range(2000):
+            log.info("line %d", i)
+
+    _with_logging(stream, monkeypatch, burst)
+    numbers = [int(x["message"].split()[1]) for x in _ours(stream) if x["message"].startswith("line ")]
+    assert numbers == list(range(2000))
+    assert stream.writes < 2000 / 2, stream.writes
+
+
+def test_a_lone_record_is_written_without_waiting_for_more(monkeypatch):
+    """The batch is written as soon as the queue is empty, not when it fills or at exit."""
+    import time
+
+    stream = io.StringIO()
+    seen: list[bool] = []
+
+    def lone() -> None:
+        logging.getLogger("ivig_cds.test").warning("alone")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and '"alone"' not in stream.getvalue():
+            time.sleep(0.01)
+        seen.append('"alone"' in stream.getvalue())
+
+    _with_logging(stream, monkeypatch, lone)
+    assert seen == [True]
