@@ -12,10 +12,11 @@ import copy
 import logging
 import queue
 import sys
+import threading
 import time
 import traceback
 import uuid
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from typing import Any
 
 import orjson
@@ -89,11 +90,10 @@ class RequestQueueHandler(QueueHandler):
 
 
 class LineBatchHandler(logging.StreamHandler):
-    """Writes the lines of records handled in a row in one write, when the queue runs dry.
+    """Collects formatted lines; ``write_pending`` writes them in one write.
 
     stderr is line-buffered, so a write per record is a system call per record, and each one
-    lets the request threads fight over the GIL again (bench/run.py). Nothing waits longer than
-    the records already queued: the lines go out as soon as the queue is empty.
+    lets the request threads contend for the GIL again (bench/run.py).
     """
 
     #: lines held at most before they are written anyway
@@ -125,31 +125,50 @@ class LineBatchHandler(logging.StreamHandler):
                     sys.__stderr__.write(f"--- Logging error: {len(text.splitlines())} log lines lost ---\n")
 
 
-class BatchingQueueListener(QueueListener):
-    """A QueueListener whose handlers write a batch whenever the queue is empty, and at stop."""
+class LogWriter:
+    """The background thread that writes queued records: it wakes every ``interval`` seconds.
 
-    def handle(self, record: logging.LogRecord) -> None:
-        super().handle(record)
-        if self.queue.empty():
-            self.write_pending()
+    A thread blocked on the queue would be woken by every record, once per request, and take the
+    GIL from the request threads each time; waking on a clock costs the same whatever the load,
+    and a line reaches stderr at most ``interval`` later. ``stop`` writes everything queued.
+    """
 
-    def write_pending(self) -> None:
-        for handler in self.handlers:
-            if isinstance(handler, LineBatchHandler):
-                handler.write_pending()
+    def __init__(self, records: queue.SimpleQueue, handler: LineBatchHandler, interval: float = 0.05) -> None:
+        self.queue = records
+        self.handler = handler
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ivig-cds-log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.drain()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                record = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.handler.handle(record)
+        self.handler.write_pending()
 
     def stop(self) -> None:
-        super().stop()  # handles what is queued, then joins the thread
-        self.write_pending()
+        self._stop.set()
+        self._thread.join()
+        self.drain()
 
 
-_listener: BatchingQueueListener | None = None
+_listener: LogWriter | None = None
 
 
 def _stop_listener() -> None:
     global _listener
     if _listener is not None:
-        _listener.stop()  # drains what is queued, then joins the thread
+        _listener.stop()  # joins the thread, then writes what is queued
         _listener = None
 
 
@@ -166,7 +185,7 @@ def configure_logging(level: str = "INFO") -> None:
     stream.setFormatter(JsonFormatter())
     handler = RequestQueueHandler(queue.SimpleQueue())
     handler._ivig_cds = True  # type: ignore[attr-defined]
-    _listener = BatchingQueueListener(handler.queue, stream, respect_handler_level=False)
+    _listener = LogWriter(handler.queue, stream)
     _listener.start()
     root.addHandler(handler)
     root.setLevel(level.upper())
