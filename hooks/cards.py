@@ -9,6 +9,7 @@ topic so that feedback can refer to them. No null or empty values leave this mod
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -160,8 +161,19 @@ def render_detail(plan: CardPlan, ctx: CardContext) -> str:
 # ------------------------------------------------------------------ suggestions
 
 
+_NAMESPACE_BYTES = CARD_NAMESPACE.bytes
+
+
 def _uuid(*parts: str) -> str:
-    return str(uuid.uuid5(CARD_NAMESPACE, "|".join(parts)))
+    """``str(uuid.uuid5(CARD_NAMESPACE, "|".join(parts)))``, without building UUID objects.
+
+    Every answer, remembered ones included, derives its card and suggestion uuids here.
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def service_request(code: dict[str, Any], patient_id: str, note: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import re
 from datetime import date
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fhir_fixtures
 import hooks
@@ -191,3 +193,14 @@ def test_dstu2_and_stu3_shaped_ivig_orders_are_recognised_and_deleted_by_their_o
         deletes = [a["resourceId"] for s in found["ivig-not-indicated"]["suggestions"]
                    for a in s.get("actions", []) if a["type"] == "delete"]
         assert set(deletes) == {resource_id}
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.text(max_size=40), min_size=1, max_size=3))
+def test_card_uuids_are_uuid5_of_their_parts(parts):
+    """The uuid derivation is RFC 4122 version 5 in the card namespace, as uuid.uuid5 gives it."""
+    import uuid
+
+    from hooks.cards import CARD_NAMESPACE, _uuid
+
+    assert _uuid(*parts) == str(uuid.uuid5(CARD_NAMESPACE, "|".join(parts)))
