@@ -61,13 +61,37 @@ def _open_store(settings: Settings) -> FeedbackStore:
     return open_store(settings)
 
 
+class CdsFlask(Flask):
+    """Flask that decides once per function whether it is a coroutine function.
+
+    Flask asks ``inspect`` on every call of every view, request hook and error handler (seven a
+    hook call); the answer never changes for a function. Registered functions are few; one made
+    per request (``after_this_request``) is asked about, not kept, once the table is full.
+    """
+
+    #: functions remembered at most
+    SYNC_TABLE_SIZE = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: dict[Any, Any] = {}
+
+    def ensure_sync(self, func: Any) -> Any:
+        sync = self._sync_functions.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(self._sync_functions) < self.SYNC_TABLE_SIZE:
+                self._sync_functions[func] = sync
+        return sync
+
+
 def create_app(settings: Settings | None = None, *, store: FeedbackStore | None = None) -> Flask:
     """Build the app. ``settings`` default to ``load_settings()`` (config file + environment)."""
     settings = settings or load_settings()
     from hooks.fhir_read import MODEL_CACHE
 
     MODEL_CACHE.resize(settings.limits.resource_cache_entries)
-    app = Flask("ivig_cds")
+    app = CdsFlask("ivig_cds")
     # One byte over the limit: werkzeug cuts a streamed (chunked) body at MAX_CONTENT_LENGTH
     # without an error, so read_json must be able to see that more than the limit arrived.
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes + 1

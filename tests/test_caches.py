@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+
+import pytest
 from datetime import date
 
 import fhir_fixtures
@@ -86,3 +88,34 @@ def test_both_caches_are_bounded(tmp_path):
         assert len(EVALUATIONS) <= EVALUATIONS.capacity
     finally:
         MODEL_CACHE.resize(4000)
+
+
+def test_the_sync_table_answers_as_flask_does_and_stays_bounded(tmp_path):
+    """CdsFlask remembers ensure_sync per function, up to its table size; new functions still work."""
+    from flask import Flask
+
+    from service.app import CdsFlask
+
+    app = create_app(make_settings(tmp_path), store=MemoryFeedbackStore())
+    assert isinstance(app, CdsFlask)
+    plain = Flask("plain")
+
+    def view() -> str:
+        return "ok"
+
+    assert app.ensure_sync(view) is view is plain.ensure_sync(view)
+    made_per_request = [(lambda n=n: n) for n in range(CdsFlask.SYNC_TABLE_SIZE * 2)]
+    assert [app.ensure_sync(f)() for f in made_per_request] == list(range(CdsFlask.SYNC_TABLE_SIZE * 2))
+    assert len(app._sync_functions) == CdsFlask.SYNC_TABLE_SIZE
+
+    async def coroutine() -> str:
+        return "ok"
+
+    try:
+        expected = plain.ensure_sync(coroutine)()
+    except RuntimeError as exc:  # Flask without its async extra says so, and so must ours
+        with pytest.raises(RuntimeError, match=str(exc)[:40]):
+            app.ensure_sync(coroutine)
+    else:
+        assert app.ensure_sync(coroutine)() == expected
+    app.extensions["ivig_cds"].close()
