@@ -108,3 +108,24 @@ def test_a_lone_record_is_written_without_waiting_for_more(monkeypatch):
 
     _with_logging(stream, monkeypatch, lone)
     assert seen == [True]
+
+
+def test_request_ids_are_unique_and_differ_in_a_forked_worker():
+    """Ids come from a generator seeded per process: a gunicorn worker must not repeat its master's."""
+    import os
+    import re
+
+    ids = [cds_logging.new_request_id() for _ in range(20000)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: its next ids, to the parent
+        os.close(read_end)
+        os.write(write_end, " ".join(cds_logging.new_request_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [cds_logging.new_request_id() for _ in range(100)]
+    assert len(child) == 100 and not set(child) & set(parent)
