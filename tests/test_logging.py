@@ -129,3 +129,60 @@ def test_request_ids_are_unique_and_differ_in_a_forked_worker():
     os.waitpid(pid, 0)
     parent = [cds_logging.new_request_id() for _ in range(100)]
     assert len(child) == 100 and not set(child) & set(parent)
+
+
+def test_the_access_line_is_the_same_whether_queued_formatted_or_as_a_record(monkeypatch):
+    """With only our handler on the way the access line is queued formatted; with a filter
+    attached it goes through the LogRecord path. Both write the same fields in the same order."""
+    stream = io.StringIO()
+    access = logging.getLogger("ivig_cds.access")
+    calls: list[str] = []
+
+    class _Seen(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            calls.append(record.getMessage())
+            return True
+
+    def requests() -> None:
+        root = logging.getLogger()  # as under gunicorn: ours alone (pytest adds its capture handlers)
+        root.handlers[:] = [h for h in root.handlers if getattr(h, "_ivig_cds", False)]
+        app = Flask("t")
+        cds_logging.init_app(app)
+
+        @app.get("/cds-services/<service_id>")
+        def view(service_id):
+            from flask import g
+
+            g.cds_topics, g.cds_ruleset = ["ivig-not-indicated"], "rs-1"
+            return "ok"
+
+        assert cds_logging.sole_queue_handler(access, logging.INFO) is not None
+        app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "fast-1"})
+        seen = _Seen()
+        access.addFilter(seen)
+        try:
+            assert cds_logging.sole_queue_handler(access, logging.INFO) is None
+            app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "slow-1"})
+        finally:
+            access.removeFilter(seen)
+
+    _with_logging(stream, monkeypatch, requests)
+    lines = {x["request_id"]: x for x in _ours(stream) if x["logger"] == "ivig_cds.access"}
+    fast, slow = lines["fast-1"], lines["slow-1"]
+    assert calls == ["request"]  # only the second call made a LogRecord
+    assert list(fast) == list(slow) == ["time", "level", "logger", "message", "request_id", "method", "path",
+                                        "service", "status", "duration_ms", "cards", "topics", "ruleset"]
+    for key in ("level", "logger", "message", "method", "path", "service", "status", "cards", "topics", "ruleset"):
+        assert fast[key] == slow[key], key
+    assert fast["path"] == "/cds-services/<service_id>" and fast["topics"] == ["ivig-not-indicated"]
+    import re
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fast["time"]) and fast["time"][:10] == slow["time"][:10]
+
+
+def test_timestamps_keep_milliseconds_across_second_boundaries():
+    import time
+
+    for created in (1_800_000_000.0, 1_800_000_000.9995, 1_800_000_001.001, 1_800_000_000.5):
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z"
+        assert cds_logging.timestamp(created) == expected
