@@ -21,9 +21,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Request, Response, g, request
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
@@ -103,6 +103,10 @@ def _child(metric, *values: str):
     return child
 
 
+#: (service, topic) as given -> its cards counter; topics are the closed list of card-topics.md.
+_card_children: dict[tuple[str, str | None], object] = {}
+
+
 def _label(value: object, default: str = "none") -> str:
     text = str(value) if value not in (None, "") else default
     return text[:_MAX_LABEL]
@@ -140,14 +144,18 @@ def count_cards(service: str, topics: list[str | None]) -> None:
     if m is None:
         return
     for topic in topics:
-        _child(m.cards, _label(service, "unknown"), _label(topic)).inc()
+        key = (service, topic)
+        child = _card_children.get(key)
+        if child is None:
+            child = _card_children[key] = _child(m.cards, _label(service, "unknown"), _label(topic))
+        child.inc()
 
 
 # ------------------------------------------------------------------ Flask wiring
 
-def _service_label() -> str:
+def _service_label(req: Request) -> str:
     """The CDS service id of this request, or '' when the route has none, 'unknown' when not published."""
-    service_id = (request.view_args or {}).get("service_id")
+    service_id = (req.view_args or {}).get("service_id")
     if service_id is None:
         return ""
     try:
@@ -167,6 +175,9 @@ def init_app(app: Flask) -> None:
             _metrics = _create()
     m = _metrics
 
+    #: (endpoint, service, status) -> (request counter, latency histogram): one lookup a request
+    per_route: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     @app.before_request
     def _metrics_start() -> None:
         g.metrics_started = time.perf_counter()
@@ -174,20 +185,23 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _metrics_observe(response: Response) -> Response:
         try:
-            endpoint = request.endpoint or "unmatched"
-            service = _service_label()
-            status = str(response.status_code)
-            _child(m.requests, endpoint, service, status).inc()
-            started = g.get("metrics_started")
+            req, here = request._get_current_object(), g._get_current_object()  # one context lookup each
+            status = response.status_code
+            route = (req.endpoint or "unmatched", _service_label(req), str(status))
+            children = per_route.get(route)
+            if children is None:
+                children = per_route[route] = (_child(m.requests, *route), _child(m.latency, *route))
+            children[0].inc()
+            started = here.get("metrics_started")
             if started is not None:
-                _child(m.latency, endpoint, service, status).observe(time.perf_counter() - started)
-            if response.status_code < 400:
-                topics = g.get("cds_topics")
+                children[1].observe(time.perf_counter() - started)
+            if status < 400:
+                topics = here.get("cds_topics")
                 if topics:
-                    count_cards(service, list(topics))
-                outcomes = g.get("cds_feedback_outcomes")
+                    count_cards(route[1], topics)
+                outcomes = here.get("cds_feedback_outcomes")
                 for outcome in outcomes or ():
-                    count_feedback(outcome, service)
+                    count_feedback(outcome, route[1])
         except Exception:  # metrics must never turn an answer into an error
             log.warning("could not record request metrics", exc_info=True)
         return response

@@ -189,9 +189,13 @@ def test_metrics_failure_never_changes_an_answer(client, monkeypatch):
         raise RuntimeError("metrics backend broken")
 
     monkeypatch.setattr(metrics._metrics.requests, "labels", broken)
+    monkeypatch.setattr(metrics, "_child", broken)  # children already made are looked up, not labelled again
+    warned: list[str] = []
+    monkeypatch.setattr(metrics.log, "warning", lambda message, *a, **k: warned.append(message))
     resp = client.get("/cds-services")
     assert resp.status_code == 200
     assert resp.get_json()["services"]
+    assert warned == ["could not record request metrics"]
 
 
 def test_openmetrics_when_the_scraper_asks(client):
