@@ -134,7 +134,7 @@ def _patient_hash(st: AppState, patient_id: str) -> str | None:
         st.extras["patient_hash_key"] = key
     if not patient_id:
         return None
-    return hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, patient_id.encode(), hashlib.sha256).hex()[:32]
 
 
 def _record_issued(st: AppState, service: ServiceDefinition, hook_instance: str, patient_id: str,

@@ -31,6 +31,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import orjson
 from sqlalchemy import (
     Column,
     DateTime,
@@ -263,6 +264,11 @@ def _dialect_insert(conn: Connection, table: Table):
     raise NotImplementedError(f"unsupported database {conn.dialect.name}")
 
 
+def _json_array(values: Sequence[str]) -> str:
+    """A JSON array as text (orjson: a third of the background writer's CPU went to json.dumps)."""
+    return orjson.dumps(list(values)).decode()
+
+
 def _issued_row(card: IssuedCard) -> dict[str, Any]:
     return {
         "uuid": card.uuid,
@@ -272,8 +278,8 @@ def _issued_row(card: IssuedCard) -> dict[str, Any]:
         "indicator": card.indicator,
         "ruleset_version": card.ruleset_version,
         "issued_at": card.issued_at,
-        "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
-        "suggestion_labels": json.dumps(list(card.suggestion_labels)),
+        "suggestion_uuids": _json_array(card.suggestion_uuids),
+        "suggestion_labels": _json_array(card.suggestion_labels),
         "patient_hash": card.patient_hash,
     }
 
