@@ -19,6 +19,7 @@ from hooks.ruleset import ruleset_version
 from hooks.service_def import ServiceDefinition
 from service import cors, errors, logging as cds_logging
 from service.answers import AnswerMemo
+from service.deferred import WORK
 from service.auth import Authenticator
 from service.feedback import FeedbackStore, MemoryFeedbackStore
 from service.prefetch import PrefetchCompleter
@@ -40,7 +41,16 @@ class AppState:
     answers: AnswerMemo
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def write_records(self) -> None:
+        """Write now what answered requests left to record: their deferred bookkeeping (issued
+        cards, metrics; service/deferred.py), then the store's queue of issued-card records."""
+        WORK.drain()
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:
+            flush()
+
     def close(self) -> None:
+        WORK.drain()  # the bookkeeping of answered requests (issued cards) reaches the store first
         for part in (self.prefetcher, self.authenticator, self.store):
             try:
                 part.close()

@@ -20,6 +20,7 @@ from flask import Blueprint, Response, g, request
 
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 from service.app import AppState, state
+from service.deferred import WORK
 from service import guards
 from service.errors import NotFound
 from service.feedback import IssuedCard
@@ -118,7 +119,8 @@ def invoke(service_id: str):
         ))
         if completed.sources <= {"request", "sample"}:  # what a FHIR server returns may change: never memoised
             st.answers.put(memo_key, result)
-    _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
+    # after the answer, off this thread (service/deferred.py); the feedback endpoint waits for it
+    WORK.defer(_record_issued, st, service, cds_request.hook_instance, cds_request.patient_id, result)
     g.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
     g.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)
     return json_response(result.response_body())
@@ -169,6 +171,7 @@ def feedback(service_id: str):
     service = _service(st, service_id)
     st.authenticator.verify(request)
     items = parse_feedback(_read_body(st))
+    WORK.drain()  # cards this worker has answered with are recorded before they are looked up
     outcome = st.store.store_feedback(service.id, items)
     g.cds_feedback_outcomes = [item.outcome for item in items]  # counted per outcome by service/metrics.py
     log.info("feedback stored", extra={"service": service.id, "count": outcome.stored})

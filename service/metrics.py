@@ -5,6 +5,10 @@ a fraction of the truth. When ``PROMETHEUS_MULTIPROC_DIR`` is set (service/gunic
 it), prometheus_client keeps each value in a file there and ``/metrics`` sums the files of all
 workers; without it the process-local default registry answers (``ivig-cds serve``, tests).
 
+A request's figures are recorded just after its answer by service/deferred.py's background
+thread, in batches (cheaper than in the request thread); a scrape first records what its worker
+has pending, so only another worker's last fraction of a second can be missing from it.
+
 The recording functions (``observe_prefetch``, ``count_feedback``) are module-level and do nothing
 until ``init_app`` has run, so library code may call them unconditionally: a CLI command or a
 unit test that never built an app must not fail for want of metrics.
@@ -23,7 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Request, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
+
+from service.deferred import WORK
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
@@ -153,18 +159,11 @@ def count_cards(service: str, topics: list[str | None]) -> None:
 
 # ------------------------------------------------------------------ Flask wiring
 
-def _service_label(req: Request) -> str:
-    """The CDS service id of this request, or '' when the route has none, 'unknown' when not published."""
-    service_id = (req.view_args or {}).get("service_id")
+def _service_label(service_id: str | None, known: Any) -> str:
+    """The CDS service id of a request, or '' when its route has none, 'unknown' when not published."""
     if service_id is None:
         return ""
-    try:
-        from service.app import state
-
-        known = state().services
-    except Exception:
-        return "unknown"
-    return service_id if service_id in known else "unknown"
+    return service_id if known is not None and service_id in known else "unknown"
 
 
 def init_app(app: Flask) -> None:
@@ -177,6 +176,28 @@ def init_app(app: Flask) -> None:
 
     #: (endpoint, service, status) -> (request counter, latency histogram): one lookup a request
     per_route: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+    state = app.extensions.get("ivig_cds")
+    known = getattr(state, "services", None)  # the app's own dict: what it publishes, now and later
+
+    def _observe(endpoint: str, service_id: str | None, status: int, seconds: float | None,
+                 topics: list[str | None] | None, outcomes: list[str] | None) -> None:
+        """One request's figures (run by service/deferred.py, off the request thread)."""
+        try:
+            service = _service_label(service_id, known)
+            route = (endpoint, service, str(status))
+            children = per_route.get(route)
+            if children is None:
+                children = per_route[route] = (_child(m.requests, *route), _child(m.latency, *route))
+            children[0].inc()
+            if seconds is not None:
+                children[1].observe(seconds)
+            if status < 400:
+                if topics:
+                    count_cards(service, topics)
+                for outcome in outcomes or ():
+                    count_feedback(outcome, service)
+        except Exception:  # metrics must never turn an answer into an error
+            log.warning("could not record request metrics", exc_info=True)
 
     @app.before_request
     def _metrics_start() -> None:
@@ -186,22 +207,10 @@ def init_app(app: Flask) -> None:
     def _metrics_observe(response: Response) -> Response:
         try:
             req, here = request._get_current_object(), g._get_current_object()  # one context lookup each
-            status = response.status_code
-            route = (req.endpoint or "unmatched", _service_label(req), str(status))
-            children = per_route.get(route)
-            if children is None:
-                children = per_route[route] = (_child(m.requests, *route), _child(m.latency, *route))
-            children[0].inc()
             started = here.get("metrics_started")
-            if started is not None:
-                children[1].observe(time.perf_counter() - started)
-            if status < 400:
-                topics = here.get("cds_topics")
-                if topics:
-                    count_cards(route[1], topics)
-                outcomes = here.get("cds_feedback_outcomes")
-                for outcome in outcomes or ():
-                    count_feedback(outcome, route[1])
+            WORK.defer(_observe, req.endpoint or "unmatched", (req.view_args or {}).get("service_id"),
+                       response.status_code, None if started is None else time.perf_counter() - started,
+                       here.get("cds_topics"), here.get("cds_feedback_outcomes"))
         except Exception:  # metrics must never turn an answer into an error
             log.warning("could not record request metrics", exc_info=True)
         return response
@@ -227,5 +236,6 @@ def metrics_view() -> Response:
     """Prometheus text format (or OpenMetrics when the scraper asks for it)."""
     from prometheus_client.exposition import choose_encoder
 
+    WORK.drain()  # this worker's requests so far, counted
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(_registry()), status=200, headers={"Content-Type": content_type})

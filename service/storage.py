@@ -22,11 +22,10 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -298,7 +297,9 @@ class SqlFeedbackStore:
         os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._after_fork())
 
     def _reset_runtime(self) -> None:
-        self._queue: queue.Queue[IssuedCard] = queue.Queue(maxsize=self.queue_size)
+        # A deque: appends and pops are atomic, so request threads and the writer never wait on
+        # each other's lock (queue.Queue takes a mutex and a condition per item).
+        self._queue: deque[IssuedCard] = deque()
         self._state_lock = threading.Lock()   # orders "enqueue" against "closed"
         self._flush_lock = threading.Lock()   # one flush at a time
         self._pending_lock = threading.Lock()
@@ -319,20 +320,17 @@ class SqlFeedbackStore:
         cards = [c for c in cards if c.uuid]
         if not cards:
             return
+        uuids = [c.uuid for c in cards]
         with self._pending_lock:
-            self._pending.update(c.uuid for c in cards)
-        overflow: list[IssuedCard] = []
+            self._pending.update(uuids)
         with self._state_lock:
             if self._closed:
                 overflow = cards
             else:
                 self._ensure_writer()
-                for i, card in enumerate(cards):
-                    try:
-                        self._queue.put_nowait(card)
-                    except queue.Full:
-                        overflow = cards[i:]
-                        break
+                room = max(0, self.queue_size - len(self._queue))
+                self._queue.extend(cards[:room])
+                overflow = cards[room:]
         if overflow:
             log.warning("issued-card queue full or closed: writing synchronously",
                         extra={"event": "issued_sync_write", "count": len(overflow)})
@@ -363,8 +361,8 @@ class SqlFeedbackStore:
                 batch, self._retry = self._retry, []
                 while len(batch) < 2000:
                     try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
+                        batch.append(self._queue.popleft())
+                    except IndexError:
                         break
                 if not batch:
                     return written
@@ -394,8 +392,9 @@ class SqlFeedbackStore:
         self._done_pending(cards)
 
     def _done_pending(self, cards: Sequence[IssuedCard]) -> None:
+        uuids = [c.uuid for c in cards]  # made before the lock: request threads wait on it
         with self._pending_lock:
-            self._pending.difference_update(c.uuid for c in cards)
+            self._pending.difference_update(uuids)
 
     @staticmethod
     def _insert_issued(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -504,9 +503,9 @@ class SqlFeedbackStore:
         try:
             self.flush()
         finally:
-            if self._retry or not self._queue.empty():
+            if self._retry or self._queue:
                 log.error("issued-card records not written at shutdown",
-                          extra={"event": "issued_lost", "count": len(self._retry) + self._queue.qsize()})
+                          extra={"event": "issued_lost", "count": len(self._retry) + len(self._queue)})
             self.engine.dispose()
 
 

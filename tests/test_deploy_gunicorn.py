@@ -94,13 +94,19 @@ def test_gunicorn_config_two_workers_serve_and_metrics_sum_across_them(tmp_path)
                           if n > 0}
                 if workers <= served:
                     break
-        per_worker = per_process_counts(prom, "ivig_cds_http_requests_total", **DISCOVERY)
+        # Each worker records its figures just after its answers, in batches every 50 ms
+        # (service/deferred.py): a scrape may miss the other worker's last few; never for long.
+        deadline = time.monotonic() + 5
+        while True:
+            per_worker = per_process_counts(prom, "ivig_cds_http_requests_total", **DISCOVERY)
+            text = requests.get(f"{base}/metrics", timeout=10).text
+            if sum(per_worker.values()) == sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert {pid for pid, n in per_worker.items() if n > 0} == workers, per_worker
         assert 999999 not in per_worker, "the stale metrics file of a previous run was not removed"
-
-        text = requests.get(f"{base}/metrics", timeout=10).text
-        assert metric_value(text, "ivig_cds_http_requests_total", **DISCOVERY) == sent
         assert sum(per_worker.values()) == sent
+        assert metric_value(text, "ivig_cds_http_requests_total", **DISCOVERY) == sent
         assert metric_value(text, "ivig_cds_http_request_duration_seconds_count", **DISCOVERY) == sent
         assert metric_value(text, "ivig_cds_http_requests_total", endpoint="cds.invoke",
                             service="ivig-patient-view", status="200") == 1

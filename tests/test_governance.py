@@ -313,7 +313,7 @@ def test_issued_card_records_carry_the_ruleset_version(tmp_path, monkeypatch):
     st_ = app.extensions["ivig_cds"]
     try:
         cards = _post(app, "edge-igm-39", "patient-view", monkeypatch)["cards"]
-        st_.store.flush()
+        st_.write_records()
         with st_.store.engine.connect() as conn:
             rows = {r.uuid: r.ruleset_version for r in conn.execute(select(issued_card.c.uuid, issued_card.c.ruleset_version))}
     finally:
