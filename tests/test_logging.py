@@ -186,3 +186,14 @@ def test_timestamps_keep_milliseconds_across_second_boundaries():
     for created in (1_800_000_000.0, 1_800_000_000.9995, 1_800_000_001.001, 1_800_000_000.5):
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z"
         assert cds_logging.timestamp(created) == expected
+
+
+def test_a_line_whose_fields_cannot_be_written_keeps_its_message_and_the_writer_keeps_going(monkeypatch):
+    stream = io.StringIO()
+    handler = cds_logging.LineBatchHandler(stream)
+    handler.add_parts(1_800_000_000.25, "info", "ivig_cds.access", "request", {"count": 2 ** 70})  # orjson: int too big
+    handler.add_parts(1_800_000_000.5, "info", "ivig_cds.access", "request", {"count": 3})
+    handler.write_pending()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "request" and first["event"] == "log_fields_unwritable" and "count" not in first
+    assert second["count"] == 3
