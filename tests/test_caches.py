@@ -119,3 +119,20 @@ def test_the_sync_table_answers_as_flask_does_and_stays_bounded(tmp_path):
     else:
         assert app.ensure_sync(coroutine)() == expected
     app.extensions["ivig_cds"].close()
+
+
+def test_a_weighed_cache_keeps_its_total_weight_within_bound():
+    from hooks.lru import BoundedLRU
+
+    cache: BoundedLRU[str, str] = BoundedLRU(100, max_weight=10, weigh=lambda key, value: len(value))
+    cache.put("a", "xxxx")
+    cache.put("b", "xxxx")
+    assert cache.get("a") == "xxxx"  # "b" is now the least recently used
+    cache.put("c", "xxx")
+    assert (cache.get("b"), cache.weight, len(cache)) == (None, 7, 2)
+    cache.put("a", "x")  # replacing an entry replaces its weight
+    assert cache.weight == 4
+    cache.put("big", "x" * 11)  # heavier than the whole bound: not kept, nothing evicted for it
+    assert (cache.get("big"), len(cache), cache.weight) == (None, 2, 4)
+    cache.clear()
+    assert (len(cache), cache.weight) == (0, 0)
