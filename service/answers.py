@@ -6,20 +6,24 @@ two values: the ``hookInstance`` (new for every call) and the FHIR access token 
 What the cards say depends only on the rest of the body, the service, "today", the base URL
 (SMART links), the client's tenant, and the app's thresholds and ruleset (fixed per app).
 
-**The key** is a SHA-256 digest of the raw body with those two values cut out, plus the other
-inputs. Each value is cut out at the first place where its JSON text (as orjson writes it, quotes
-included) occurs, and only if it holds no quote, backslash or other JSON punctuation (UUIDs and
-JWTs qualify); a marker holding a NUL byte, which valid JSON text never contains, takes its place.
-Why that is exact: two bodies with one key are then byte-identical but for one place, which holds
-``"v1"`` in the first and ``"v2"`` in the second, each that body's parsed value. Neither holds a
-quote or backslash, so both bodies split into strings and structure at the same places: the same
-JSON but for one string value. If that string is the ``hookInstance`` (or the token), the two
-calls differ in that and nothing else. If it is any other string, their ``hookInstance`` fields
-are the same text, so ``v1 == v2`` and the bodies are identical. (The first occurrence is enough:
-a second full scan to prove it unique cost more than the hash on a large body.) A body that
-spells the value differently, with escapes, is simply not memoised. Byte-identity is also why a
-remembered body needs no second depth or resource-count check: it has the depth and count of the
-body that was answered.
+**The key** is the raw body itself with those two values cut out, followed by the other inputs;
+the memo's dict compares keys byte for byte, so a hit needs no hash argument to be exact (the
+key was a SHA-256 digest until the fourth session: hashing 37 KB cost ~21 us of a ~300 us
+memoised call, the copy and Python's own hash ~9). Each value is cut out at the first place
+where its JSON text (as orjson writes it, quotes included) occurs, and only if it holds no
+quote, backslash or other JSON punctuation (UUIDs and JWTs qualify); a marker holding a NUL
+byte, which valid JSON text never contains, takes its place. Why that is exact: two bodies with
+one key are then byte-identical but for one place, which holds ``"v1"`` in the first and
+``"v2"`` in the second, each that body's parsed value. Neither holds a quote or backslash, so
+both bodies split into strings and structure at the same places: the same JSON but for one
+string value. If that string is the ``hookInstance`` (or the token), the two calls differ in
+that and nothing else. If it is any other string, their ``hookInstance`` fields are the same
+text, so ``v1 == v2`` and the bodies are identical. (The first occurrence is enough: a second
+full scan to prove it unique cost more than the rest of the key.) A body that spells the value
+differently, with escapes, is simply not memoised. Byte-identity is also why a remembered body
+needs no second depth or resource-count check: it has the depth and count of the body that was
+answered. Keys hold the bodies, so the memo is bounded in bytes (``limits.answer_cache_bytes``)
+as well as in entries.
 
 **What is stored**: the result of a call answered with status 200 whose prefetch was completed
 without reading a FHIR server (what a server returns can change between calls, so such answers
@@ -29,7 +33,6 @@ hookInstance (hooks/cards.py ``reissue``), so feedback and analytics see its own
 
 from __future__ import annotations
 
-import hashlib
 from datetime import date
 from typing import Any
 
@@ -44,10 +47,6 @@ _MARKERS = (b"\x00hookInstance\x00", b"\x00access_token\x00")
 #: A value holding none of these, quoted, ends a string token wherever it occurs in JSON text, and
 #: putting another such value in its place leaves every other token as it was.
 _STRUCTURAL = frozenset('",:[]{}\\')
-#: hashlib lets other threads run while it hashes 2 048 bytes or more. Under gunicorn's threads
-#: that hand-over cost more than the hash itself (bench/run.py: ~1.4 ms of CPU per large call
-#: against ~0.4 ms with the GIL held), so the body is fed in pieces just below that size.
-_GIL_HELD_PIECE = 2047
 
 
 def _volatile_values(body: dict[str, Any]) -> tuple[Any, Any]:
@@ -56,22 +55,20 @@ def _volatile_values(body: dict[str, Any]) -> tuple[Any, Any]:
     return body.get("hookInstance"), auth.get("access_token") if isinstance(auth, dict) else None
 
 
-def _hash_holding_gil(digest: Any, data: memoryview) -> None:
-    """``digest.update(data)`` in pieces small enough that hashlib keeps the GIL (see ``_GIL_HELD_PIECE``)."""
-    for offset in range(0, len(data), _GIL_HELD_PIECE):
-        digest.update(data[offset:offset + _GIL_HELD_PIECE])
+def _key_bytes(key: bytes, result: HookResult) -> int:
+    return len(key)
 
 
 class AnswerMemo:
     """Hook results of answered requests (see the module docstring for what the key covers)."""
 
-    def __init__(self, capacity: int) -> None:
-        self._entries: BoundedLRU[bytes, HookResult] = BoundedLRU(capacity)
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
+        self._entries: BoundedLRU[bytes, HookResult] = BoundedLRU(capacity, max_weight=max_bytes, weigh=_key_bytes)
 
     def key(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
             tenant: str | None) -> bytes | None:
         """The key of this request, or None when it cannot be memoised exactly (or the memo is off)."""
-        if self._entries.capacity == 0 or not isinstance(body, dict):
+        if self._entries.capacity == 0 or self._entries.max_weight == 0 or not isinstance(body, dict):
             return None
         hook_instance, token = _volatile_values(body)
         if not isinstance(hook_instance, str):
@@ -90,18 +87,14 @@ class AnswerMemo:
         cuts.sort()
         if len(cuts) == 2 and cuts[0][1] > cuts[1][0]:
             return None  # both values in one place (equal values): refuse rather than guess
-        # Hashed piecewise over a view of the body: a cut-out copy of a large body costs more than
-        # the hash (the copy's allocation slowed the next request's parsing, bench/run.py).
         view = memoryview(raw)
-        digest = hashlib.sha256()
+        parts: list[Any] = []
         position = 0
         for start, end, marker in cuts:
-            _hash_holding_gil(digest, view[position:start])
-            digest.update(marker)
+            parts += (view[position:start], marker)
             position = end
-        _hash_holding_gil(digest, view[position:])
-        digest.update(b"\x00" + orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
-        return digest.digest()
+        parts += (view[position:], b"\x00", orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
+        return b"".join(parts)
 
     def get(self, key: bytes | None) -> HookResult | None:
         """The result stored for this key (its cards carry the first call's uuids), or None."""

@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None, *, store: FeedbackStore | None 
         store=store if store is not None else _open_store(settings),
         authenticator=Authenticator(settings),
         prefetcher=PrefetchCompleter(settings),
-        answers=AnswerMemo(settings.limits.answer_cache_entries),
+        answers=AnswerMemo(settings.limits.answer_cache_entries, settings.limits.answer_cache_bytes),
     )
     cds_logging.init_app(app)
     cors.init_app(app, settings.security.cors_allow_origins)

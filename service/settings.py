@@ -91,6 +91,9 @@ class LimitSettings(_Section):
     answer_cache_entries: int = Field(
         1024, ge=0, description="Answers kept per worker for a record sent again, re-issued with the new call's "
                                 "card uuids (a few KB each; 0 = off)")
+    answer_cache_bytes: int = Field(
+        16 * 1024 * 1024, ge=0, description="Bound of those answers' keys per worker, in bytes: a key holds its "
+                                            "request body (0 = off)")
 
 
 class PrefetchSettings(_Section):

@@ -140,6 +140,25 @@ def test_the_memo_is_bounded_and_can_be_turned_off(make_client):
     assert len(off.extensions["ivig_cds"].answers) == 0
 
 
+def test_the_memo_is_bounded_in_bytes_because_its_keys_hold_the_bodies(make_client):
+    """Keys are request bodies: limits.answer_cache_bytes bounds them, and a body larger than the
+    whole budget is answered without being kept."""
+    body = request_for("sample-igg-deficiency", "order-sign")
+    size = len(_key(body))
+    app, client = make_client(**{"limits.answer_cache_bytes": 3 * size + size // 2})
+    memo = app.extensions["ivig_cds"].answers
+    for n in range(6):
+        varied = with_instance(body)
+        varied["context"]["userId"] = f"Practitioner/p{n}"  # same length: every key weighs the same
+        post(client, ORDER_SIGN, varied)
+        assert memo._entries.weight <= 3 * size + size // 2
+    assert len(memo) == 3
+    small, small_client = make_client(**{"limits.answer_cache_bytes": size - 1})
+    cards = post(small_client, ORDER_SIGN, body)
+    assert cards and len(small.extensions["ivig_cds"].answers) == 0
+    assert without_uuids(post(small_client, ORDER_SIGN, with_instance(body))) == without_uuids(cards)
+
+
 def test_reissue_derives_uuids_as_the_cards_are_made():
     """``reissue`` gives a card the uuids ``to_card`` gives it for that hookInstance."""
     from hooks import SERVICES
