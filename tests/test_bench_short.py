@@ -63,3 +63,55 @@ def test_short_benchmark_completes_and_prints_every_figure(tmp_path: Path) -> No
             assert isinstance(figs[key], (int, float)) and figs[key] > 0, (name, key, figs[key])
     assert data["memory_run"]["requests"] > 0
     assert len(data["memory_after_large_mib"]["service"]) == 2
+
+
+def test_connections_are_counted_per_worker_from_proc(tmp_path: Path) -> None:
+    """What decides whether a run's connections are spread evenly: each worker's socket fds
+    against the established connections to the port (two real processes holding 3 and 1)."""
+    import socket
+    import time
+    from dataclasses import dataclass
+
+    sys.path.insert(0, str(ROOT))
+    from bench.run import Run, connections_per_worker
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    holders = []
+    clients = []
+    for share in (3, 1):  # a "worker" that accepts `share` connections and holds them
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            held = [listener.accept()[0] for _ in range(share)]
+            os.write(write_end, b"ready")
+            time.sleep(30)
+            os._exit(0 if held else 1)
+        os.close(write_end)
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(share)]
+        assert os.read(read_end, 5) == b"ready"
+        os.close(read_end)
+        holders.append(pid)
+
+    @dataclass
+    class Holders:
+        port: int
+
+        def workers(self) -> list[int]:
+            return holders
+
+    try:
+        assert connections_per_worker(Holders(port)) == [3, 1]
+    finally:
+        for pid in holders:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        for client in clients:
+            client.close()
+        listener.close()
+    uneven = Run(1, 1.0, 1.0, 1, 1, 1, 1, {}, 1.0, [1.0, 1.0], worker_connections=[3, 1])
+    even = Run(1, 1.0, 1.0, 1, 1, 1, 1, {}, 1.0, [1.0, 0.1], worker_connections=[2, 2])
+    assert not uneven.balanced and even.balanced  # connections decide, not CPU, when they are known
