@@ -285,7 +285,7 @@ class Run:
         """The connections were spread evenly over the workers (2 and 2, not 3 and 1); where that
         cannot be seen, every worker did a fair part of the work (>= 1/4 of the busiest one's CPU)."""
         if self.worker_connections:
-            return max(self.worker_connections) - min(self.worker_connections) <= 1
+            return _even(self.worker_connections)
         return len(self.worker_cpu_s) < 2 or min(self.worker_cpu_s) >= 0.25 * max(self.worker_cpu_s)
 
     @property
@@ -311,7 +311,7 @@ def _wrk_once(url: str, body_file: Path, *, cold: bool, connections: int, second
             early = [cpu_seconds(pid) - before for pid, before in zip(pids, workers_before)]
             uneven = min(early) < 0.25 * max(early)
         else:
-            uneven = max(spread) - min(spread) > 1
+            uneven = not _even(spread)
         if uneven:
             proc.kill()  # our own child, by its handle
             proc.communicate()
@@ -336,6 +336,11 @@ def _wrk_once(url: str, body_file: Path, *, cold: bool, connections: int, second
                worker_connections=spread)
 
 
+def _even(spread: list[int]) -> bool:
+    """Connections spread as evenly as the kernel's accepts allow: 2 + 2 of 4, 7 + 9 or 8 + 8 of 16."""
+    return max(spread) - min(spread) <= max(1, sum(spread) // 8)
+
+
 def _spread(server: Server, connections: int, wait: float = 1.0) -> list[int] | None:
     """The connections per worker once all ``connections`` are accepted (what is seen after ``wait``)."""
     deadline = time.monotonic() + wait
@@ -358,7 +363,7 @@ def wrk(url: str, body_file: Path, *, cold: bool, connections: int, seconds: int
     kernel's lottery, drawn anew for every run, and it made the p99 ratio of single rounds of one
     code version range from 1.06 to 2.36. So once the connections
     are accepted, each worker's share is read from /proc (its socket fds against the established
-    connections to the port) and a run whose spread is uneven (more than one apart) is stopped
+    connections to the port) and a run whose spread is uneven (``_even``) is stopped
     and started again, at most ``BALANCE_ATTEMPTS`` times; the last one is kept and counted as
     unbalanced. Where /proc cannot tell, the workers' CPU after a second decides (an idle worker:
     uneven). ``tokens(seconds)`` gives a fresh token file per try.
