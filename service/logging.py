@@ -49,7 +49,8 @@ def timestamp(created: float) -> str:
 
 
 def json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
-    """One log line: time, level, logger and message first, then ``fields`` (SAFE_FIELDS only)."""
+    """One log line: time, level, logger and message first, then ``fields`` (SAFE_FIELDS, and an
+    exception's type and code locations)."""
     out: dict[str, Any] = {"time": timestamp(created), "level": level, "logger": logger, "message": message}
     out.update(fields)
     return orjson.dumps(out, default=str).decode()
