@@ -109,10 +109,6 @@ def _child(metric, *values: str):
     return child
 
 
-#: (service, topic) as given -> its cards counter; topics are the closed list of card-topics.md.
-_card_children: dict[tuple[str, str | None], object] = {}
-
-
 def _label(value: object, default: str = "none") -> str:
     text = str(value) if value not in (None, "") else default
     return text[:_MAX_LABEL]
@@ -150,11 +146,7 @@ def count_cards(service: str, topics: list[str | None]) -> None:
     if m is None:
         return
     for topic in topics:
-        key = (service, topic)
-        child = _card_children.get(key)
-        if child is None:
-            child = _card_children[key] = _child(m.cards, _label(service, "unknown"), _label(topic))
-        child.inc()
+        _child(m.cards, _label(service, "unknown"), _label(topic)).inc()
 
 
 # ------------------------------------------------------------------ Flask wiring
@@ -174,8 +166,6 @@ def init_app(app: Flask) -> None:
             _metrics = _create()
     m = _metrics
 
-    #: (endpoint, service, status) -> (request counter, latency histogram): one lookup a request
-    per_route: dict[tuple[str, str, str], tuple[Any, Any]] = {}
     state = app.extensions.get("ivig_cds")
     known = getattr(state, "services", None)  # the app's own dict: what it publishes, now and later
 
@@ -185,12 +175,9 @@ def init_app(app: Flask) -> None:
         try:
             service = _service_label(service_id, known)
             route = (endpoint, service, str(status))
-            children = per_route.get(route)
-            if children is None:
-                children = per_route[route] = (_child(m.requests, *route), _child(m.latency, *route))
-            children[0].inc()
+            _child(m.requests, *route).inc()
             if seconds is not None:
-                children[1].observe(seconds)
+                _child(m.latency, *route).observe(seconds)
             if status < 400:
                 if topics:
                     count_cards(service, topics)
