@@ -361,12 +361,12 @@ def wrk(url: str, body_file: Path, *, cold: bool, connections: int, seconds: int
     requests: about the same throughput, but a longer tail (3 + 1 and 2 + 2 came about equally
     often, for floor and service alike, in runs watched with ``ss``). Which happens is the
     kernel's lottery, drawn anew for every run, and it made the p99 ratio of single rounds of one
-    code version range from 1.06 to 2.36. So once the connections
-    are accepted, each worker's share is read from /proc (its socket fds against the established
-    connections to the port) and a run whose spread is uneven (``_even``) is stopped
-    and started again, at most ``BALANCE_ATTEMPTS`` times; the last one is kept and counted as
-    unbalanced. Where /proc cannot tell, the workers' CPU after a second decides (an idle worker:
-    uneven). ``tokens(seconds)`` gives a fresh token file per try.
+    code version range from 1.06 to 2.36. So once the connections are accepted, each worker's
+    share is read from /proc (its socket fds against the established connections to the port),
+    and a run whose spread is uneven (``_even``) is stopped and started again, at most
+    ``BALANCE_ATTEMPTS`` times; the last one is kept and counted as unbalanced. Where /proc cannot
+    tell, the workers' CPU after a second decides (an idle worker: uneven). ``tokens(seconds)``
+    gives a fresh token file per try.
     """
     run: Run | None = None
     for attempt in range(1, BALANCE_ATTEMPTS + 1):

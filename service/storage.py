@@ -297,8 +297,9 @@ class SqlFeedbackStore:
         os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._after_fork())
 
     def _reset_runtime(self) -> None:
-        # A deque: appends and pops are atomic, so request threads and the writer never wait on
-        # each other's lock (queue.Queue takes a mutex and a condition per item).
+        # A deque: appends and pops are atomic, so the thread that records (service/deferred.py)
+        # and the writer never wait on each other's lock (queue.Queue takes a mutex and a
+        # condition per item).
         self._queue: deque[IssuedCard] = deque()
         self._state_lock = threading.Lock()   # orders "enqueue" against "closed"
         self._flush_lock = threading.Lock()   # one flush at a time
@@ -392,7 +393,7 @@ class SqlFeedbackStore:
         self._done_pending(cards)
 
     def _done_pending(self, cards: Sequence[IssuedCard]) -> None:
-        uuids = [c.uuid for c in cards]  # made before the lock: request threads wait on it
+        uuids = [c.uuid for c in cards]  # made before the lock: the recorder and feedback calls wait on it
         with self._pending_lock:
             self._pending.difference_update(uuids)
 
