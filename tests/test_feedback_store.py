@@ -22,7 +22,14 @@ from service.db import metadata
 from service.errors import BadRequest, ServiceUnavailable
 from service.feedback import IssuedCard
 from service.models import parse_feedback
-from service.storage import CHUNK, SqlFeedbackStore, feedback, issued_card, open_store
+from service.storage import (
+    CHUNK,
+    ISSUED_CHUNK,
+    SqlFeedbackStore,
+    feedback,
+    issued_card,
+    open_store,
+)
 from tests.conftest import make_settings
 from tests.pg import db_url, pg_database, pg_url  # noqa: F401 - fixtures
 
@@ -294,6 +301,34 @@ def test_issued_cards_are_written_by_the_background_writer(store):
     assert json.loads(row["suggestion_uuids"]) == ["s-7"]
     assert json.loads(row["suggestion_labels"]) == ["Delete the order"]
     assert row["issued_at"] == cards[7].issued_at
+
+
+def _count_issued_inserts(engine) -> tuple[list[int], Any]:
+    """Rows per INSERT INTO issued_card statement, as they reach the driver."""
+    sizes: list[int] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO ISSUED_CARD"):
+            sizes.append(len(parameters) if executemany else 1)
+
+    event.listen(engine, "before_cursor_execute", before)
+    return sizes, lambda: event.remove(engine, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("paced, expected", [(True, [ISSUED_CHUNK, ISSUED_CHUNK, 20]), (False, [2 * ISSUED_CHUNK + 20])])
+def test_the_background_writer_writes_in_small_transactions_a_final_flush_in_one(tmp_path, db_url, paced,  # noqa: F811
+                                                                                 expected):
+    s = store_for(tmp_path, db_url, issued_flush_seconds=3600)
+    sizes, stop = _count_issued_inserts(s.engine)
+    try:
+        cards = [issued() for _ in range(2 * ISSUED_CHUNK + 20)]
+        s.record_issued(cards)
+        assert s.flush(paced=paced) == len(cards)
+        assert sizes == expected
+        assert s.count()["issued"] == len(cards)
+    finally:
+        stop()
+        s.close()
 
 
 def test_close_flushes_every_queued_record(tmp_path, db_url):  # noqa: F811
