@@ -118,6 +118,13 @@ def create_app(settings: Settings | None = None, *, store: FeedbackStore | None 
     )
     cds_logging.init_app(app)
     cors.init_app(app, settings.security.cors_allow_origins)
+
+    @app.after_request
+    def _bookkeeping_after_send(response: Any) -> Any:
+        # run by the WSGI server when it closes the response, i.e. once the answer is sent
+        response.call_on_close(WORK.run_batch_if_due)
+        return response
+
     errors.register_error_handlers(app)
 
     from service import cds, ops

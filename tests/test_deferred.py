@@ -113,3 +113,71 @@ def test_a_forked_worker_starts_empty_with_its_own_thread():
     work.stop()
     assert child == "True ['child']"
     assert parent_done == ["parent"]
+
+
+def test_a_request_thread_runs_the_queue_once_a_batch_has_built_up():
+    work = DeferredWork(interval=60)  # the background thread stays asleep
+    work.BATCH = 4
+    ran_in: list[str] = []
+    record = lambda: ran_in.append(threading.current_thread().name)  # noqa: E731
+    for _ in range(3):
+        work.defer(record)
+    work.run_batch_if_due()
+    assert ran_in == [] and len(work) == 3  # not yet a batch: left for later
+    work.defer(record)
+    caller = threading.Thread(target=work.run_batch_if_due, name="request-thread")
+    caller.start()
+    caller.join(5)
+    assert ran_in == ["request-thread"] * 4 and len(work) == 0
+    work.stop()
+
+
+def test_a_request_thread_never_waits_for_a_batch_in_progress():
+    work = DeferredWork(interval=0.01)
+    work.BATCH = 1
+    started, release = threading.Event(), threading.Event()
+    work.defer(lambda: (started.set(), release.wait(5)))
+    assert started.wait(5)  # the background thread is inside the batch
+    work.defer(time.sleep, 0)
+    began = time.monotonic()
+    work.run_batch_if_due()
+    assert time.monotonic() - began < 0.5 and len(work) == 1  # returned at once, left the call queued
+    release.set()
+    work.drain()
+    assert len(work) == 0
+    work.stop()
+
+
+def test_a_hook_call_is_answered_before_its_bookkeeping_runs_in_the_request_thread(make_app, monkeypatch):
+    """Over a real HTTP server: the card record is made after the answer has reached the caller."""
+    import requests
+
+    import service.cds as cds
+    from fhir_fixtures import load_json
+    from service.deferred import WORK
+    from tests.servers import live_app
+
+    recorded: list[tuple[str, float]] = []
+    real_record = cds._record_issued
+
+    def slow_record(*args):
+        time.sleep(0.3)
+        real_record(*args)
+        recorded.append((threading.current_thread().name, time.monotonic()))
+
+    monkeypatch.setattr(cds, "_record_issued", slow_record)
+    monkeypatch.setattr(WORK, "BATCH", 1)
+    body = load_json("sample-isolated-igm", "request-order-sign.json")
+    with live_app(make_app()) as base, requests.Session() as http:
+        for call in range(1, 4):
+            sent = time.monotonic()
+            r = http.post(f"{base}/cds-services/ivig-order-sign", json=body, timeout=10)
+            answered = time.monotonic()
+            assert r.status_code == 200 and r.json()["cards"]
+            assert answered - sent < 0.3  # the answer did not wait for the 0.3 s record
+            deadline = time.monotonic() + 5
+            while len(recorded) < call and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(recorded) == call and recorded[-1][1] > answered
+    # by the server's request thread, not the background one (nor this test's)
+    assert any(name not in ("ivig-cds-deferred", "MainThread") for name, _ in recorded), recorded
