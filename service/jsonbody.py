@@ -56,14 +56,13 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     return body
 
 
-def _read_announced(request: Request) -> bytes:
+def _read_announced(request: Request, length: int) -> bytes:
     """A body of known length (checked against the limit by the caller) in one read.
 
     Werkzeug's limited stream reads a large body in 64 KB pieces and copies it several times; the
     allocations made a large hook call's parsing measurably slower (bench/run.py). The endpoints
     that call this are the only readers of their request's body.
     """
-    length = request.content_length or 0
     raw = request.environ["wsgi.input"].read(length) if length else b""
     if len(raw) != length:
         raise BadRequest(f"the request body ended after {len(raw)} of the {length} bytes its Content-Length announced")
@@ -79,10 +78,11 @@ def parse_body(request: Request, *, max_bytes: int, max_depth: int) -> tuple[byt
     if not _is_json_type(request.mimetype or ""):
         raise BadRequest(
             f"Content-Type must be application/json (got {request.mimetype or 'none'})")
-    if request.content_length is not None and request.content_length > max_bytes:
+    length = request.content_length
+    if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
     try:
-        raw = _read_announced(request) if request.content_length is not None else request.get_data(cache=True)
+        raw = _read_announced(request, length) if length is not None else request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes") from None
     if len(raw) > max_bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import functools
 import logging
 import os
 import queue
@@ -31,6 +32,7 @@ SAFE_FIELDS = (
 )
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"  # the header's WSGI environ key
 
 
 #: The last whole second formatted by ``timestamp`` (one strftime a second instead of one a line).
@@ -271,9 +273,14 @@ def _valid_request_id(value: str | None) -> str | None:
 
 
 def _known_service(service_id: str | None) -> str | None:
-    from hooks import SERVICES
+    return service_id if service_id in _published_services() else None
 
-    return service_id if service_id in SERVICES else None
+
+@functools.cache
+def _published_services() -> frozenset[str]:
+    from hooks import SERVICES  # here, not at the top: hooks must not be imported by the CLI's logging setup
+
+    return frozenset(SERVICES)
 
 
 #: Request ids are correlation ids, not secrets: drawn from a generator seeded from the OS once per
@@ -294,8 +301,10 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _start() -> None:
-        g.request_id = _valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
-        g.started = time.perf_counter()
+        here = g._get_current_object()  # one context lookup (~1.5 us each through the proxy)
+        # the environ, not request.headers: the same text without building the headers view
+        here.request_id = _valid_request_id(request.environ.get(_REQUEST_ID_ENVIRON)) or new_request_id()
+        here.started = time.perf_counter()
 
     @app.after_request
     def _finish(response):
