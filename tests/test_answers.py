@@ -114,6 +114,37 @@ def test_a_changed_result_is_decided_afresh(make_client):
     assert [c["source"]["topic"]["code"] for c in second] != [c["source"]["topic"]["code"] for c in first]
 
 
+def test_bodies_filed_under_one_fingerprint_never_get_each_others_answer(make_client, monkeypatch):
+    """Keys are filed under a sample of their bytes; two bodies that share it (forced here: every
+    key one fingerprint) are told apart by comparing the whole key, and the later one takes the place."""
+    import service.answers as answers
+
+    monkeypatch.setattr(answers, "_fingerprint", lambda key: 7)
+    app, client = make_client()
+    memo = app.extensions["ivig_cds"].answers
+    body = request_for("sample-igg-deficiency", "order-sign")
+    changed = with_instance(body)
+    assert _set_igg(_prefetch_resources(changed), 1100)  # every IgG now normal: other cards
+    first, second = post(client, ORDER_SIGN, body), post(client, ORDER_SIGN, changed)
+    assert [c["source"]["topic"]["code"] for c in second] != [c["source"]["topic"]["code"] for c in first]
+    assert len(memo) == 1  # one place: the later body's
+    again = post(client, ORDER_SIGN, with_instance(body))  # decided afresh, not given the other's answer
+    assert without_uuids(again) == without_uuids(first)
+    assert without_uuids(post(client, ORDER_SIGN, with_instance(body))) == without_uuids(first)
+
+
+def test_the_fingerprint_reads_both_ends_and_a_sample_of_the_middle():
+    from service.answers import _STRIDE, _fingerprint
+
+    key = bytes(range(256)) * 200
+    assert _fingerprint(key) == _fingerprint(bytes(key))
+    for position in (0, len(key) - 1, 10 * _STRIDE):  # an end, the other, a sampled byte
+        other = bytearray(key)
+        other[position] ^= 1
+        assert _fingerprint(bytes(other)) != _fingerprint(key)
+    assert _fingerprint(key + b"x") != _fingerprint(key)
+
+
 def test_another_day_or_another_service_url_is_decided_afresh(make_client, monkeypatch):
     app, client = make_client()
     body = request_for("sample-igg-deficiency", "order-sign")
