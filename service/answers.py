@@ -15,21 +15,22 @@ every 61st byte; ``_fingerprint``), one entry per fingerprint, instead of under 
 Python's own hash reads every byte (~11 us for 37 KB, ~280 us for 900 KB), the sample ~1 us.
 Two keys with one fingerprint are told apart by the comparison; the later one takes the place
 (a miss for the other, never its answer). A caller who makes bodies that share fingerprints
-therefore only evicts entries, and never makes a lookup compare more than one stored key. Each value is cut out at the first place
-where its JSON text (as orjson writes it, quotes included) occurs, and only if it holds no
-quote, backslash or other JSON punctuation (UUIDs and JWTs qualify); a marker holding a NUL
-byte, which valid JSON text never contains, takes its place. Why that is exact: two bodies with
-one key are then byte-identical but for one place, which holds ``"v1"`` in the first and
-``"v2"`` in the second, each that body's parsed value. Neither holds a quote or backslash, so
-both bodies split into strings and structure at the same places: the same JSON but for one
-string value. If that string is the ``hookInstance`` (or the token), the two calls differ in
-that and nothing else. If it is any other string, their ``hookInstance`` fields are the same
-text, so ``v1 == v2`` and the bodies are identical. (The first occurrence is enough: a second
-full scan to prove it unique cost more than the rest of the key.) A body that spells the value
-differently, with escapes, is simply not memoised. Byte-identity is also why a remembered body
-needs no second depth or resource-count check: it has the depth and count of the body that was
-answered. Keys hold the bodies, so the memo is bounded in bytes (``limits.answer_cache_bytes``)
-as well as in entries.
+therefore only evicts entries, and never makes a lookup compare more than one stored key.
+
+**Cutting the values out**: each value is cut out at the first place where its JSON text (as
+orjson writes it, quotes included) occurs, and only if it holds no quote, backslash or other
+JSON punctuation (UUIDs and JWTs qualify); a marker holding a NUL byte, which valid JSON text
+never contains, takes its place. Why that is exact: two bodies with one key are then
+byte-identical but for one place, which holds ``"v1"`` in the first and ``"v2"`` in the second,
+each that body's parsed value. Neither holds a quote or backslash, so both bodies split into
+strings and structure at the same places: the same JSON but for one string value. If that string
+is the ``hookInstance`` (or the token), the two calls differ in that and nothing else. If it is
+any other string, their ``hookInstance`` fields are the same text, so ``v1 == v2`` and the
+bodies are identical. (The first occurrence is enough: a second full scan to prove it unique
+cost more than the rest of the key.) A body that spells the value differently, with escapes, is
+simply not memoised. Byte-identity is also why a remembered body needs no second depth or
+resource-count check: it has the depth and count of the body that was answered. Keys hold the
+bodies, so the memo is bounded in bytes (``limits.answer_cache_bytes``) as well as in entries.
 
 **What is stored**: the result of a call answered with status 200 whose prefetch was completed
 without reading a FHIR server (what a server returns can change between calls, so such answers

@@ -278,7 +278,7 @@ def _known_service(service_id: str | None) -> str | None:
 
 @functools.cache
 def _published_services() -> frozenset[str]:
-    from hooks import SERVICES  # here, not at the top: hooks must not be imported by the CLI's logging setup
+    from hooks import SERVICES  # on first use: logging is set up before, and without, the rules package
 
     return frozenset(SERVICES)
 
