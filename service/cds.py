@@ -122,7 +122,7 @@ def invoke(service_id: str):
         ))
         if completed.sources <= {"request", "sample"}:  # what a FHIR server returns may change: never memoised
             st.answers.put(memo_key, result)
-    # after the answer, off this thread (service/deferred.py); the feedback endpoint waits for it
+    # once the answer is sent, in a batch (service/deferred.py); the feedback endpoint waits for it
     WORK.defer(_record_issued, st, service, cds_request.hook_instance, cds_request.patient_id, result)
     here = g._get_current_object()
     here.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]

@@ -17,7 +17,7 @@ is left every ``interval``.
 What reads the results calls ``drain`` first, so nothing is ever seen missing: a ``/metrics``
 scrape, a feedback call that checks whether its cards were issued, and the app's ``close`` at
 shutdown (which then flushes the issued-card queue). Work queued past ``MAX_PENDING`` (the
-thread cannot keep up) is done at once in the caller's thread: slower, never lost or unbounded.
+batches cannot keep up) is done at once in the caller's thread: slower, never lost or unbounded.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ log = logging.getLogger("ivig_cds.deferred")
 
 
 class DeferredWork:
-    """A queue of calls run by a background thread every ``interval`` seconds, or by ``drain``."""
+    """A queue of calls run in batches: by a request thread whose answer is sent
+    (``run_batch_if_due``), by a background thread every ``interval`` seconds, or by ``drain``."""
 
     #: calls queued at most; past it the caller does the work itself
     MAX_PENDING = 20_000

@@ -5,9 +5,10 @@ a fraction of the truth. When ``PROMETHEUS_MULTIPROC_DIR`` is set (service/gunic
 it), prometheus_client keeps each value in a file there and ``/metrics`` sums the files of all
 workers; without it the process-local default registry answers (``ivig-cds serve``, tests).
 
-A request's figures are recorded just after its answer by service/deferred.py's background
-thread, in batches (cheaper than in the request thread); a scrape first records what its worker
-has pending, so only another worker's last fraction of a second can be missing from it.
+A request's figures are recorded after its answer has been sent, in batches (service/deferred.py:
+by a request thread once its own answer is out, or by a timer thread in quiet times), which is
+cheaper than one at a time; a scrape first records what its worker has pending, so only another
+worker's last few calls can be missing from it.
 
 The recording functions (``observe_prefetch``, ``count_feedback``) are module-level and do nothing
 until ``init_app`` has run, so library code may call them unconditionally: a CLI command or a
@@ -171,7 +172,7 @@ def init_app(app: Flask) -> None:
 
     def _observe(endpoint: str, service_id: str | None, status: int, seconds: float | None,
                  topics: list[str | None] | None, outcomes: list[str] | None) -> None:
-        """One request's figures (run by service/deferred.py, off the request thread)."""
+        """One request's figures (run by service/deferred.py once the answer has been sent)."""
         try:
             service = _service_label(service_id, known)
             route = (endpoint, service, str(status))
