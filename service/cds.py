@@ -46,9 +46,10 @@ _BASE_URLS: dict[tuple[str, ...], str] = {}
 _BASE_URLS_MAX = 64
 
 
-def base_url(req: Request | None = None) -> str:
-    """The service's own base URL (SMART links, the memo key); ``req`` saves a context lookup."""
-    configured = state().settings.security.public_base_url
+def base_url(req: Request | None = None, st: AppState | None = None) -> str:
+    """The service's own base URL (SMART links, the memo key); ``req`` and ``st``, when the
+    caller has them, save a context lookup each."""
+    configured = (st if st is not None else state()).settings.security.public_base_url
     if configured:
         return configured.rstrip("/")
     req = req if req is not None else request._get_current_object()
@@ -93,7 +94,7 @@ def invoke(service_id: str):
     limits = st.settings.limits
     raw, body = parse_body(req, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
     run_date = today()
-    base = base_url(req)  # once: werkzeug rebuilds host_url on every access
+    base = base_url(req, st)  # once: werkzeug rebuilds host_url on every access
     memo_key = st.answers.key(raw, body, service_id=service.id, today=run_date, base_url=base, tenant=identity.tenant)
     remembered = st.answers.get(memo_key)
     if remembered is None:  # a body answered before has been through these checks (service/answers.py)
