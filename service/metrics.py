@@ -7,8 +7,9 @@ workers; without it the process-local default registry answers (``ivig-cds serve
 
 A request's figures are recorded after its answer has been sent, in batches (service/deferred.py:
 by a request thread once its own answer is out, or by a timer thread in quiet times), which is
-cheaper than one at a time; a scrape first records what its worker has pending, so only another
-worker's last few calls can be missing from it.
+cheaper than one at a time. A scrape first records what its worker has pending and, under
+several workers, waits two timer rounds (0.1 s) for the others' pending calls, so it counts
+every call answered before it came.
 
 The recording functions (``observe_prefetch``, ``count_feedback``) are module-level and do nothing
 until ``init_app`` has run, so library code may call them unconditionally: a CLI command or a
@@ -225,5 +226,10 @@ def metrics_view() -> Response:
     from prometheus_client.exposition import choose_encoder
 
     WORK.drain()  # this worker's requests so far, counted
+    if multiprocess_dir():
+        # The other workers record theirs in batches too, at the latest when their timer comes
+        # round (every WORK.interval): waiting two rounds out, a scrape counts every call
+        # answered before it came, whichever worker answered it. Scrapes are seconds apart.
+        time.sleep(2 * WORK.interval)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(_registry()), status=200, headers={"Content-Type": content_type})

@@ -94,8 +94,9 @@ def test_gunicorn_config_two_workers_serve_and_metrics_sum_across_them(tmp_path)
                           if n > 0}
                 if workers <= served:
                     break
-        # Each worker records its figures just after its answers, in batches every 50 ms
-        # (service/deferred.py): a scrape may miss the other worker's last few; never for long.
+        # Each worker records its figures just after its answers, in batches (service/deferred.py);
+        # a scrape waits for the other worker's (service/metrics.py). The per-worker files read
+        # here directly have no such wait, hence the bounded loop.
         deadline = time.monotonic() + 5
         while True:
             per_worker = per_process_counts(prom, "ivig_cds_http_requests_total", **DISCOVERY)
@@ -116,6 +117,30 @@ def test_gunicorn_config_two_workers_serve_and_metrics_sum_across_them(tmp_path)
     log = server.log()
     assert "WORKER TIMEOUT" not in log
     assert "Traceback" not in log
+
+
+def test_a_scrape_right_after_calls_counts_every_one_whichever_worker_answered(tmp_path):
+    """Workers record their figures in batches after the answers (service/deferred.py); the scrape
+    waits for the other workers' last ones, so no call answered before it is missing."""
+    port = free_port()
+    env = clean_env({
+        "IVIG_CDS_DATA_DIR": str(tmp_path / "data"),
+        "IVIG_CDS_PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    })
+    cmd = [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+    with run_server(cmd, env, tmp_path / "cwd", port, tmp_path / "gunicorn.log") as server:
+        base = server.base
+        assert len(_worker_pids(server, 2)) == 2, server.log()[-3000:]
+        for calls in (3, 40):
+            before = metric_value(requests.get(f"{base}/metrics", timeout=10).text, "ivig_cds_http_requests_total",
+                                  **DISCOVERY)
+            assert [_fresh_connection_get(f"{base}/cds-services") for _ in range(calls)] == [200] * calls
+            after = metric_value(requests.get(f"{base}/metrics", timeout=10).text, "ivig_cds_http_requests_total",
+                                 **DISCOVERY)
+            assert after - before == calls
+        assert server.stop() == 0
 
 
 def test_serve_production_starts_answers_and_flushes_on_sigterm(tmp_path):
