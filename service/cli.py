@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from service.settings import ConfigError, Settings, load_settings
+from service.settings import ConfigError, Profile, Settings, load_settings
 
 PROFILES = click.Choice(["development", "sandbox", "production"])
 
@@ -22,6 +22,25 @@ def _settings(config: str | None, **overrides) -> Settings:
         return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def serve_warning(settings: Settings, production: bool) -> str | None:
+    """One line when what is about to run is not what the command suggests, else None."""
+    if production and settings.profile is Profile.development:
+        return ("--production runs the development profile under gunicorn: no tokens are checked and the built-in "
+                "sample patients answer; for production set IVIG_CDS_PROFILE=production (or --profile production) "
+                "with its configuration")
+    if not production and settings.profile is Profile.production:
+        return ("the production profile on Flask's development server, which is not for production: "
+                "use `ivig-cds serve --production` (gunicorn)")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own words (SQLAlchemy's text after them is a link to its docs), never the URL."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text[0]}" if text else type(original).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,13 +59,18 @@ def main() -> None:
 def serve(host: str | None, port: int | None, config: str | None, profile: str | None, production: bool) -> None:
     """Start the CDS service."""
     settings = _settings(config, host=host, port=port, profile=profile)
+    warning = serve_warning(settings, production)
     if production:
-        from service.production import run_gunicorn
+        from service.ops.production import run_gunicorn
 
-        sys.exit(run_gunicorn(settings, config))
+        sys.exit(run_gunicorn(settings, config, warning))
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
 
-    from service.app import create_app, register_shutdown
-    from service.logging import configure_logging
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.app import create_app, register_shutdown, stop_on_sigterm
+    from service.ops.logging import configure_logging
 
     configure_logging(settings.log_level)
     try:
@@ -54,7 +78,19 @@ def serve(host: str | None, port: int | None, config: str | None, profile: str |
         app = create_app(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot use the data directory {settings.data_path} "
+                                   f"(IVIG_CDS_DATA_DIR): {exc.strerror or exc}") from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot open the database (IVIG_CDS_DATABASE_URL): {_first_line(exc)}") from None
     register_shutdown(app)
+    stop_on_sigterm()
+    from service.ops.metrics import serve_metrics_port
+
+    try:
+        serve_metrics_port(settings)  # a listener of its own when metrics.port is set
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         f"ivig-cds {settings.profile.value} profile on http://{settings.host}:{settings.port} "
         f"(discovery: http://{settings.host}:{settings.port}/cds-services)",
@@ -69,9 +105,12 @@ def serve(host: str | None, port: int | None, config: str | None, profile: str |
               help="Hook to evaluate (default: the request's hook, else patient-view).")
 @click.option("--today", "today_", default=None, help="Evaluate as of this date, YYYY-MM-DD (default: today).")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="TOML configuration file.")
-def evaluate(file: str, hook: str | None, today_: str | None, config: str | None) -> None:
+@click.option("--strict", is_flag=True, default=False,
+              help="Also validate every resource of the file as FHIR R4 (fhir.resources) and report what fails "
+                   "under fhir_validation; exit 1 when any resource fails.")
+def evaluate(file: str, hook: str | None, today_: str | None, config: str | None, strict: bool) -> None:
     """Offline: print the cards and the decision trace for a FHIR Bundle or a CDS Hooks request."""
-    from service.evaluate import evaluate_file
+    from service.governance.evaluate import evaluate_file
 
     settings = _settings(config)
     try:
@@ -79,10 +118,12 @@ def evaluate(file: str, hook: str | None, today_: str | None, config: str | None
     except ValueError:
         raise click.BadParameter(f"{today_!r} is not a date in YYYY-MM-DD form", param_hint="--today") from None
     try:
-        output = evaluate_file(Path(file), hook=hook, today=as_of, settings=settings)
+        output, valid = evaluate_file(Path(file), hook=hook, today=as_of, settings=settings, strict=strict)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(output)
+    if not valid:
+        sys.exit(1)
 
 
 @main.command()
@@ -91,7 +132,7 @@ def evaluate(file: str, hook: str | None, today_: str | None, config: str | None
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="TOML configuration file.")
 def report(since: str | None, fmt: str, config: str | None) -> None:
     """Feedback analytics per service and topic: cards shown, accepted, overridden, reasons."""
-    from service.reporting import run_report
+    from service.storage.reporting import run_report
 
     settings = _settings(config)
     try:
@@ -107,7 +148,7 @@ def report(since: str | None, fmt: str, config: str | None) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="TOML configuration file.")
 def retention(older_than_days: int | None, config: str | None) -> None:
     """Delete issued-card and feedback records older than the retention period."""
-    from service.reporting import run_retention
+    from service.storage.reporting import run_retention
 
     settings = _settings(config)
     days = older_than_days or settings.feedback.retention_days
@@ -122,7 +163,7 @@ def retention(older_than_days: int | None, config: str | None) -> None:
 @click.option("--today", "today_", default=None, help="Shift sample dates as if today were this date.")
 def load_fixtures(fhir_server: str, token: str | None, today_: str | None) -> None:
     """Load the built-in sample patients (a FHIR transaction Bundle) into an R4 server."""
-    from service.load_fixtures import run_load_fixtures
+    from service.governance.load_fixtures import run_load_fixtures
 
     try:
         as_of = date.fromisoformat(today_) if today_ else None
@@ -136,7 +177,7 @@ def load_fixtures(fhir_server: str, token: str | None, today_: str | None) -> No
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="TOML configuration file.")
 def explain(fmt: str, config: str | None) -> None:
     """The rules, thresholds (value in force and origin) and value sets actually loaded."""
-    from service.explain import render_explain
+    from service.governance.explain import render_explain
 
     settings = _settings(config)
     click.echo(render_explain(settings, fmt))

@@ -78,6 +78,10 @@ class BadGateway(CdsError):
     status, code = 502, "fhir_server_failed"
 
 
+class TooManyRequests(CdsError):
+    status, code = 429, "too_many_requests"
+
+
 class ServiceUnavailable(CdsError):
     status, code = 503, "unavailable"
 

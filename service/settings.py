@@ -20,14 +20,38 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from hooks.config import GuidelineConfig
 
 ENV_PREFIX = "IVIG_CDS_"
 #: Variables that steer loading itself rather than naming a setting.
 META_ENV = {"IVIG_CDS_CONFIG"}
+#: The names ``log_level`` accepts (Python's logging levels), in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: What the production profile cannot start without, by environment variable, with an example of each.
+PRODUCTION_NEEDS = {
+    "security.trusted_issuers": ("IVIG_CDS_SECURITY_TRUSTED_ISSUERS",
+                                 '\'[{"iss": "https://ehr.example.org", '
+                                 '"jwks_url": "https://ehr.example.org/.well-known/jwks.json"}]\''),
+    "security.fhir_server_allowlist": ("IVIG_CDS_SECURITY_FHIR_SERVER_ALLOWLIST", "https://fhir.example.org/*"),
+    "database_url": ("IVIG_CDS_DATABASE_URL", "postgresql://ivig@db.example.org/ivig"),
+    "security.public_base_url": ("IVIG_CDS_SECURITY_PUBLIC_BASE_URL (or IVIG_CDS_SECURITY_BEHIND_PROXY=true)",
+                                 "https://cds.example.org"),
+}
+
+SANDBOX_ISS = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+#: The sandbox profile's one trusted issuer, the public CDS Hooks sandbox: ES384, its JWK Set
+#: pinned from the package (service/auth/sandbox-jwks.json), so no key is ever fetched.
+SANDBOX_ISSUER: dict[str, Any] = {
+    "iss": SANDBOX_ISS,
+    "jwks_file": "package:sandbox-jwks.json",
+    "jku_allowlist": [SANDBOX_JKU],
+    "algorithms": ["ES384"],
+}
 
 
 class ConfigError(Exception):
@@ -64,9 +88,12 @@ class SecuritySettings(_Section):
     trusted_issuers: list[TrustedIssuer] = Field(default_factory=list, description="Allowlist of CDS clients")
     clock_skew_seconds: int = Field(60, ge=0, description="Leeway for exp/iat/nbf")
     max_token_lifetime_seconds: int = Field(3600, gt=0, description="Longest exp - iat accepted")
-    behind_proxy: bool = Field(False, description="Trust X-Forwarded-Proto/Host when rebuilding the audience URL")
+    behind_proxy: bool = Field(
+        False, description="Trust X-Forwarded-Proto/Host when rebuilding the audience URL (only behind a proxy "
+                           "that sets them and is the only way in)")
     public_base_url: str | None = Field(
-        None, description="The service's external base URL; when set, the JWT audience is built from it")
+        None, description="The service's external base URL (https://host[:port][/path]); the JWT audience is "
+                          "built from it — production needs it or behind_proxy")
     jwks_cache_seconds: int = Field(3600, gt=0, description="How long a fetched JWK Set is cached")
     jwks_refetch_interval_seconds: int = Field(
         60, ge=0, description="Least time between refetches of a JWK Set on an unknown kid")
@@ -78,22 +105,66 @@ class SecuritySettings(_Section):
         default_factory=list,
         description="fhirServer URL patterns the service may contact: scheme://host[:port][/path], "
         "host may be '*' or '*.example.org', port may be '*'")
-    cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"], description="CORS allowed origins")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed by CORS, exact (scheme://host[:port]); '*' allows any (not in production)")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _absolute_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+                or parts.username or parts.password:
+            raise ValueError("must be an absolute http(s) URL without user, query or fragment, "
+                             "e.g. https://cds.hospital.example")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or origin != f"{parts.scheme}://{parts.netloc}" \
+                    or "@" in parts.netloc or "*" in parts.netloc:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path or trailing slash")
+        return value
 
 
 class LimitSettings(_Section):
-    max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest request body (413 above)")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest request body, in bytes (413 above); at most worker_body_bytes")
     max_json_depth: int = Field(100, gt=1, description="Deepest JSON nesting accepted (400 above)")
-    max_resources: int = Field(20000, gt=0, description="Most FHIR resources in one request (413 above)")
+    max_resources: int = Field(
+        10000, gt=0, description="Most FHIR resources in one request (413 above; the published prefetch asks "
+                                 "for ~1 500 at most)")
     request_timeout_seconds: float = Field(10.0, gt=0, description="Worker timeout for one request (gunicorn)")
+    worker_body_bytes: int = Field(
+        5 * 1024 * 1024, gt=0,
+        description="Request bodies one worker works on at once, in bytes (each takes ~30-50x its size in memory "
+                    "while it is read); a call past it waits up to 3 s, then 503. A body alone always fits")
+    max_resource_bytes: int = Field(
+        64 * 1024, gt=0, description="Largest single FHIR resource read, serialised, in bytes; a larger one is "
+                                     "skipped and named in the cards")
     resource_cache_entries: int = Field(
-        4000, ge=0, description="Validated FHIR resources kept per worker for records sent again (~12 KB each; 0 = off)")
+        0, ge=0, description="Validated FHIR resources kept per worker for records sent again (a few KB each; "
+                             "0 = off: on distinct records keeping them costs more than it saves)")
+    resource_cache_bytes: int = Field(
+        2 * 1024 * 1024, ge=0, description="Bound of those resources per worker, in bytes of their JSON (0 = off)")
     answer_cache_entries: int = Field(
-        1024, ge=0, description="Answers kept per worker for a record sent again, re-issued with the new call's "
+        1024, ge=0, description="Answers kept per worker for a request sent again, re-issued with the new call's "
                                 "card uuids (a few KB each; 0 = off)")
-    answer_cache_bytes: int = Field(
-        16 * 1024 * 1024, ge=0, description="Bound of those answers' keys per worker, in bytes: a key holds its "
-                                            "request body (0 = off)")
+
+
+    @model_validator(mode="after")
+    def _one_body_fits_a_worker(self) -> "LimitSettings":
+        if self.max_body_bytes > self.worker_body_bytes:
+            raise ValueError(f"max_body_bytes ({self.max_body_bytes}) must not exceed worker_body_bytes "
+                             f"({self.worker_body_bytes}): a call of the largest size must fit in a worker's budget")
+        return self
 
 
 class PrefetchSettings(_Section):
@@ -101,6 +172,10 @@ class PrefetchSettings(_Section):
     deadline_seconds: float = Field(3.0, gt=0, description="Overall deadline for completing prefetch")
     max_resources_per_query: int = Field(2000, gt=0, description="Cap on resources read by following paging")
     max_pages: int = Field(20, gt=0, description="Cap on pages followed per query")
+    max_bytes_per_call: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024,
+        description="Bytes read from the FHIR server for one call, all pages and queries together; beyond it "
+                    "paging stops and the cards say the record may be incomplete")
     failure_mode: Literal["continue", "omit", "fail"] = Field(
         "continue",
         description="A failed FHIR query: continue (say so in cards), omit the key silently, or fail the call")
@@ -115,6 +190,26 @@ class FeedbackSettings(_Section):
     issued_flush_seconds: float = Field(0.5, gt=0, description="How often issued-card records are written")
     patient_hash_key: str | None = Field(
         None, description="Secret for the keyed hash of patient ids in records (random per start when unset)")
+
+
+class MetricsSettings(_Section):
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port of a listener of its own for GET /metrics (all workers summed; under `serve --production` "
+                    "the gunicorn master serves it, so scrapes never take a request thread): the production "
+                    "profile's place for metrics")
+    host: str | None = Field(None, description="Address the metrics port binds (default: the service's host)")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every scrape must send (Authorization: Bearer ...), 16 characters or more; with "
+                    "it, the production profile also serves /metrics on the service's port")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random string, e.g. from `openssl rand -hex 32`)")
+        return value
 
 
 class SmartSettings(_Section):
@@ -145,9 +240,33 @@ class Settings(BaseModel):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     prefetch: PrefetchSettings = Field(default_factory=PrefetchSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     smart: SmartSettings = Field(default_factory=SmartSettings)
     #: dotted field name -> "default" | "profile:<name>" | "config:<path>" | "env:<VAR>" | "override"
     origins: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a logging level ({', '.join(LOG_LEVELS)})")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only when a URL is configured
+        from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # the value itself is not repeated: a database URL may carry a password
+            raise ValueError("not a database URL (postgresql://user@host/db or sqlite:////path/to/file.db)") from None
+        return value
 
     @model_validator(mode="after")
     def _production_is_complete(self) -> "Settings":
@@ -159,8 +278,25 @@ class Settings(BaseModel):
                 missing.append("security.fhir_server_allowlist")
             if not self.database_url:
                 missing.append("database_url")
+            if not self.security.public_base_url and not self.security.behind_proxy:
+                # else the expected JWT audience would be built from the caller's own Host header
+                missing.append("security.public_base_url")
             if missing:
-                raise ValueError("production profile needs " + ", ".join(missing))
+                needs = "; ".join(f"{PRODUCTION_NEEDS[m][0]} (e.g. {PRODUCTION_NEEDS[m][1]})" for m in missing)
+                raise ValueError(f"production profile needs {needs} — or {', '.join(missing)} in the --config file")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> "Settings":
+        if self.metrics.port is not None and self.metrics.port == self.port:
+            raise ValueError(f"metrics.port ({self.metrics.port}) must differ from port, which serves the hooks")
+        return self
+
+    @model_validator(mode="after")
+    def _production_cors_is_exact(self) -> "Settings":
+        if self.profile is Profile.production and "*" in self.security.cors_origins:
+            raise ValueError("production profile does not allow security.cors_origins = '*': list the exact origins "
+                             "of the browser apps that call the service")
         return self
 
     @property
@@ -180,6 +316,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "limits": LimitSettings,
     "prefetch": PrefetchSettings,
     "feedback": FeedbackSettings,
+    "metrics": MetricsSettings,
     "smart": SmartSettings,
 }
 
@@ -214,14 +351,13 @@ def _profile_defaults(profile: Profile) -> dict[str, Any]:
     """Dotted defaults a profile brings; explain reports them as 'profile:<name>'."""
     loopback = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
     if profile is Profile.development:
-        return {"security.fhir_server_allowlist": ["https://*", *loopback]}
+        return {"security.fhir_server_allowlist": ["https://*", *loopback], "security.cors_origins": ["*"]}
     if profile is Profile.sandbox:
-        from service.auth_keys import SANDBOX_ISSUER  # noqa: PLC0415 - keeps settings import light
-
         return {
             "security.require_token": True,
             "security.trusted_issuers": [SANDBOX_ISSUER],
             "security.fhir_server_allowlist": ["https://*", *loopback],
+            "security.cors_origins": ["*"],  # the sandbox is a web page: the browser calls the service
             "sample_patients": False,
         }
     return {"security.require_token": True, "security.protect_discovery": False, "sample_patients": False}
@@ -345,7 +481,8 @@ def _one_line(exc: ValidationError, origins: Mapping[str, str]) -> str:
     loc = ".".join(str(part) for part in err["loc"] if not isinstance(part, int))
     origin = origins.get(loc)
     where = f" (from {origin})" if origin and origin != "default" else ""
-    name = loc or "configuration"
     msg = err["msg"].removeprefix("Value error, ")
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid setting {name}{where}: {msg}{more}"
+    if not loc:  # a check of the settings as a whole (the production profile's needs)
+        return f"invalid configuration: {msg}{more}"
+    return f"invalid setting {loc}{where}: {msg}{more}"

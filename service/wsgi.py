@@ -1,7 +1,7 @@
 """WSGI entry point for gunicorn: ``gunicorn service.wsgi:app``. Settings from the environment."""
 
 from service.app import create_app, register_shutdown
-from service.logging import configure_logging
+from service.ops.logging import configure_logging
 from service.settings import load_settings
 
 settings = load_settings()

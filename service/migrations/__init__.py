@@ -1,1 +1,0 @@
-"""Alembic migrations for every table on ``service.db.metadata``; run by ``storage.upgrade_database``."""

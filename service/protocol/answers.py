@@ -1,0 +1,95 @@
+"""Answers memoised per request: the same chart sent again gets the same cards without re-deciding.
+
+An EHR calls patient-view every time a chart is opened and order-sign every time orders are
+signed; the same call made again carries the same body but for its ``hookInstance`` (new every
+call) and often its FHIR access token (rotated). What the cards say depends on the rest of the
+body, the service, "today", the base URL (SMART links) and the client's tenant; the thresholds
+and the ruleset are fixed per app.
+
+**The key** is the SHA-256 of those inputs and of the body's bytes with the hookInstance and the
+token cut out where their JSON text first occurs. The cut is made only for values of plain
+characters (letters, digits, ``-._~+/=``: UUIDs and JWTs are), whose JSON text is the value
+between quotes; such a body is otherwise not memoised. It is exact: two bodies with one key are
+the same text but for that one string, which holds each body's own value. If the string is the
+``hookInstance`` field, the calls differ in it alone. If it is any other string, the field lies in
+the text both share, so both have one hookInstance, and it is the cut value: the bodies are equal.
+
+**What is stored**: the result of a call answered with status 200 whose prefetch was completed
+without reading a FHIR server (what a server returns can change between calls). A later call
+gets the stored cards with uuids derived from its own hookInstance (hooks/cards.py ``reissue``),
+so feedback and analytics see its own cards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date
+from typing import Any
+
+import orjson
+
+from hooks.cards import reissue
+from hooks.lru import BoundedLRU
+from hooks.service_def import HookResult
+
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~+/=]+")
+#: Stands in for a cut-out value in the hashed text; a NUL byte never occurs in valid JSON text.
+_MARKER = b"\x00"
+
+
+class AnswerMemo:
+    """Hook results of answered requests (see the module docstring for what the key covers)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: BoundedLRU[bytes, HookResult] = BoundedLRU(capacity)
+
+    def key(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
+            tenant: str | None) -> bytes | None:
+        """The key of this request, or None when it cannot be memoised exactly (or the memo is off)."""
+        if self._entries.capacity == 0 or not isinstance(body, dict):
+            return None
+        auth = body.get("fhirAuthorization")
+        token = auth.get("access_token") if isinstance(auth, dict) else None
+        cuts: list[tuple[int, int]] = []
+        for value in (body.get("hookInstance"), token):
+            if value is None and cuts:
+                continue  # no token: only the hookInstance is cut
+            if not isinstance(value, str) or not _PLAIN.fullmatch(value):
+                return None
+            start = raw.find(b'"%s"' % value.encode())
+            if start < 0:
+                return None  # spelled with escapes
+            cuts.append((start, start + len(value) + 2))
+        cuts.sort()
+        if len(cuts) == 2 and cuts[0][1] > cuts[1][0]:
+            return None  # both values in one place (equal values): refuse rather than guess
+        digest = hashlib.sha256(orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
+        text, position = memoryview(raw), 0
+        for start, end in cuts:
+            digest.update(text[position:start])
+            digest.update(_MARKER)
+            position = end
+        digest.update(text[position:])
+        return digest.digest()
+
+    def get(self, key: bytes | None) -> HookResult | None:
+        """The result stored for this key (its cards carry the first call's uuids), or None."""
+        return self._entries.get(key) if key is not None else None
+
+    @staticmethod
+    def reissued(stored: HookResult, hook_instance: str, service_id: str) -> HookResult:
+        """A stored result as the answer to another call: its cards with that call's uuids."""
+        return HookResult(cards=reissue(stored.cards, hook_instance, service_id),
+                          system_actions=stored.system_actions)
+
+    def put(self, key: bytes | None, result: HookResult) -> None:
+        """Keep the answer: its cards and system actions (the trace is no part of the answer)."""
+        if key is not None:
+            self._entries.put(key, HookResult(cards=result.cards, system_actions=result.system_actions))
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
