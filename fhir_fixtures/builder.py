@@ -78,7 +78,9 @@ class Record:
     def lab(self, analyte: str, value: float | None, unit: str = "mg/dL", when: str = "", *,
             ref: tuple[float | None, float | None] | None = None, flag: str | None = None,
             comparator: str | None = None, status: str = "final", code: str | None = None,
-            text: str | None = None, value_string: str | None = None) -> "Record":
+            text: str | None = None, value_string: str | None = None,
+            absent: str | None = None) -> "Record":
+        """One result; ``absent`` (a dataAbsentReason code) instead of a value: the lab has none."""
         loinc = LAB_CODES.get(analyte)
         concept: dict[str, Any] = {}
         if code is not False and loinc and code is None:
@@ -97,7 +99,10 @@ class Record:
             "subject": self.subject,
             "effectiveDateTime": when or ago(days=14),
         }
-        if value_string is not None:
+        if absent is not None:
+            obs["dataAbsentReason"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": absent}]}
+        elif value_string is not None:
             obs["valueString"] = value_string
         elif value is not None:
             q: dict[str, Any] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
@@ -204,9 +209,9 @@ class Record:
         return enc_id
 
     def infection(self, code: str, display: str, when: str, *, hospitalised: bool = False, icu: bool = False,
-                  system: str = ICD) -> "Record":
+                  system: str = ICD, clinical_status: str = "resolved") -> "Record":
         enc = self.admission(when, icu=icu) if (hospitalised or icu) else None
-        return self.condition(code, display, when, system, encounter=enc)
+        return self.condition(code, display, when, system, encounter=enc, clinical_status=clinical_status)
 
     def pneumonia(self, when: str, code: str = "J18.9", display: str = "Pneumonia, unspecified organism",
                   hospitalised: bool = True, **kw) -> "Record":
@@ -234,7 +239,11 @@ class Record:
         return self.condition(code, display, when, system, clinical_status=clinical_status)
 
     # -- immune globulin history
-    def ivig_given(self, when: str, product: str = "Privigen", hcpcs: str = "J1459", grams: float = 35) -> "Record":
+    def ivig_given(self, when: str, product: str = "Privigen", hcpcs: str = "J1459", grams: float = 35,
+                   at: str | None = None) -> "Record":
+        """An infusion on ``when`` (at the time ``at``, 'HH:MM', when given)."""
+        if at:
+            when = f"{when}T{at}:00Z"
         return self.add({
             "resourceType": "MedicationAdministration",
             "id": self._id("ivig"),
@@ -246,13 +255,22 @@ class Record:
             "dosage": {"dose": {"value": grams, "unit": "g", "system": UCUM, "code": "g"}},
         })
 
-    def ivig_every(self, first: str, last: str, weeks: int = 4, **kw) -> "Record":
-        day = date.fromisoformat(first)
-        end = date.fromisoformat(last)
+    def ivig_every(self, first: str, last: str, weeks: int = 4, *, on: str | None = None, **kw) -> "Record":
+        """Infusions every ``weeks`` between ``first`` and ``last``, falling on ``on`` (default:
+        ``last``), so that a trough can be drawn on an infusion day (see ``infusion_days``)."""
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+        anchor = date.fromisoformat(on or last)
+        step = timedelta(weeks=weeks)
+        day = anchor - step * ((anchor - start) // step)
         while day <= end:
             self.ivig_given(day.isoformat(), **kw)
-            day += timedelta(weeks=weeks)
+            day += step
         return self
+
+    def infusion_days(self) -> list[str]:
+        """The dates of the immune globulin infusions on record, latest first."""
+        return sorted((r["effectiveDateTime"][:10] for r in self.resources
+                       if r["resourceType"] == "MedicationAdministration"), reverse=True)
 
     def active_ivig_order(self, authored: str, **kw) -> "Record":
         order = ivig_order(self.patient_id, status="active", **kw)
@@ -269,7 +287,8 @@ class Record:
 def ivig_order(patient_id: str, order_id: str = "ivig-draft-1", *, dose: float | None = 0.5, unit: str = "g/kg",
                every_weeks: float | None = 4, product: str = "Privigen", hcpcs: str | None = "J1459",
                text: str | None = None, reason: tuple[str, str, str] | None = None, status: str = "draft",
-               via: str = "concept") -> dict[str, Any]:
+               via: str = "concept", repeat: dict[str, Any] | None = None,
+               dosage_text: str = "IV infusion") -> dict[str, Any]:
     """A MedicationRequest for immune globulin; ``via``: concept | contained | reference."""
     concept: dict[str, Any] = {"text": text or f"{product} (immune globulin intravenous, human) 10% solution"}
     if hcpcs:
@@ -289,8 +308,10 @@ def ivig_order(patient_id: str, order_id: str = "ivig-draft-1", *, dose: float |
         order["medicationReference"] = {"reference": "#med"}
     else:
         order["medicationReference"] = {"reference": f"Medication/{via}"}
-    dosage: dict[str, Any] = {"text": "IV infusion"}
-    if every_weeks:
+    dosage: dict[str, Any] = {"text": dosage_text}
+    if repeat is not None:
+        dosage["timing"] = {"repeat": repeat}
+    elif every_weeks:
         dosage["timing"] = {"repeat": {"frequency": 1, "period": every_weeks, "periodUnit": "wk"}}
     if dose is not None:
         dosage["doseAndRate"] = [{"doseQuantity": {"value": dose, "unit": unit, "system": UCUM, "code": unit}}]

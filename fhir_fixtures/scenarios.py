@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,8 @@ class Scenario:
     sample: bool = False  # one of the built-in sample patients
     notes: str = ""
     tags: list[str] = field(default_factory=list)
+    #: raw entries an imperfect EHR sends among the Observations (null, unknown types, invalid resources)
+    garbage: list[Any] = field(default_factory=list)
 
 
 def standard_ivig(pid: str, **kw) -> list[dict[str, Any]]:
@@ -93,8 +96,8 @@ def _on_ivig_low_trough() -> Record:
     rec.pneumonia(ago(months=34), code="J13", display="Pneumonia due to Streptococcus pneumoniae")
     rec.ivig_every(start, ago(days=20), weeks=4)
     rec.active_ivig_order(start)
-    rec.igg(520, when=ago(days=21))
-    rec.igg(610, when=ago(months=4))
+    rec.igg(520, when=ago(days=21))  # the day before the last infusion: its trough
+    rec.igg(610, when=rec.infusion_days()[4])  # the trough of the infusion four cycles earlier
     rec.weight(72)
     return rec
 
@@ -267,22 +270,30 @@ def _stale_igg() -> Record:
     return rec
 
 
-def _titers_after_ivig() -> Record:
-    rec = Record("titers-drawn-after-ivig", birth="1980-01-01")
-    rec.igm(30, when=ago(months=8)).igg(780, when=ago(months=8))
-    rec.ivig_given(ago(months=5))
-    rec.ppsv23_challenge(protective_post=22, vaccinated=ago(months=4))
-    rec.lymphocyte_subsets()
-    rec.pneumonia(ago(months=3))
-    rec.pneumonia(ago(months=9))
-    return rec
+def _titers_after_ivig(name: str, pneumonias_months_ago: tuple[int, ...]) -> Callable[[], Record]:
+    """Low IgM, normal IgG drawn before an IVIG dose 5 months ago; the PPSV23 challenge came after it."""
+    def build() -> Record:
+        rec = Record(name, birth="1980-01-01")
+        rec.igm(30, when=ago(months=8)).igg(780, when=ago(months=8))
+        rec.ivig_given(ago(months=5))
+        rec.ppsv23_challenge(protective_post=22, vaccinated=ago(months=4))
+        rec.lymphocyte_subsets()
+        for months in pneumonias_months_ago:
+            rec.pneumonia(ago(months=months))
+        return rec
+    return build
+
+
+def _challenge_drawn_after(name: str, post_days: int) -> Record:
+    """A complete adult (low IgM, normal IgG) whose post-PPSV23 titers were drawn ``post_days`` after it."""
+    rec = complete_adult(name, igm=30, igg=800)
+    rec.resources = [r for r in rec.resources if not (r["resourceType"] in ("Observation", "Immunization")
+                                                       and ("Streptococcus" in json.dumps(r) or r["resourceType"] == "Immunization"))]
+    return rec.ppsv23_challenge(protective_post=22, post_days=post_days)
 
 
 def _titers_too_late() -> Record:
-    rec = complete_adult("titers-drawn-too-late", igm=30, igg=800)
-    rec.resources = [r for r in rec.resources if not (r["resourceType"] in ("Observation", "Immunization")
-                                                       and ("Streptococcus" in json.dumps(r) or r["resourceType"] == "Immunization"))]
-    rec.ppsv23_challenge(protective_post=22, post_days=70)
+    rec = _challenge_drawn_after("titers-drawn-too-late", 70)
     rec.pneumonia(ago(months=2))
     rec.pneumonia(ago(months=7))
     return rec
@@ -332,9 +343,10 @@ def _trough_edge(name: str, trough: float, trough_months_ago: int = 0, trough_da
         rec.igm(20, when=ago(months=21)).igg(300, when=ago(months=21))
         rec.pneumonia(ago(months=24))
         rec.pneumonia(ago(months=28))
-        rec.ivig_every(start, ago(days=7), weeks=4)
+        drawn = ago(months=trough_months_ago, days=trough_days_ago)
+        rec.ivig_every(start, ago(days=7), weeks=4, on=drawn)  # the trough is drawn on an infusion day
         rec.active_ivig_order(start)
-        rec.igg(trough, when=ago(months=trough_months_ago, days=trough_days_ago))
+        rec.igg(trough, when=drawn)
         rec.weight(72)
         return rec
     return build
@@ -361,6 +373,139 @@ def _stale_edge(name: str, months: int, days: int) -> Callable[[], Record]:
     return build
 
 
+# ------------------------------------------------------------------ on treatment: troughs and mid-interval levels
+
+
+def _on_ivig(name: str, *, levels: tuple[tuple[float, int, int, str | None], ...], infusion_at: str | None = None,
+             infections: tuple[tuple[int, str], ...] = ()) -> Callable[[], Record]:
+    """On 4-weekly IVIG for IgG deficiency since 20 months. ``levels``: (IgG, cycles before the last
+    infusion, days after that infusion, time of the draw 'HH:MM' or None). The last infusion is 7
+    days ago, at ``infusion_at`` when given. ``infections``: (days ago, clinical status) pneumonias."""
+    def build() -> Record:
+        rec = Record(name, birth="1968-12-01")
+        rec.igm(20, when=ago(months=21)).igg(300, when=ago(months=21))
+        rec.pneumonia(ago(months=24))
+        rec.pneumonia(ago(months=28))
+        rec.ivig_every(ago(months=20), ago(days=35), weeks=4, on=ago(days=7))
+        rec.ivig_given(ago(days=7), at=infusion_at)
+        rec.active_ivig_order(ago(months=20))
+        infusions = rec.infusion_days()
+        for value, cycles, days_after, at in levels:
+            day = (date.fromisoformat(infusions[cycles]) + timedelta(days=days_after)).isoformat()
+            rec.igg(value, when=f"{day}T{at}:00Z" if at else day)
+        for days_ago, status in infections:
+            rec.pneumonia(ago(days=days_ago), clinical_status=status)
+        rec.weight(72)
+        return rec
+    return build
+
+
+# ------------------------------------------------------------------ results that are not facts
+
+
+def _implausible_igg() -> Record:
+    rec = complete_adult("implausible-igg-tens-of-thousands", igm=25, igg=310, iga=50, protective=18)
+    rec.igg(85000, when=ago(days=3))  # a typing or unit error: 850 g/L entered as mg/dL
+    rec.pneumonia(ago(months=2))
+    rec.pneumonia(ago(months=6))
+    return rec
+
+
+def _implausible_igm() -> Record:
+    rec = complete_adult("implausible-igm-negative", igm=32)
+    rec.igm(-5, when=ago(days=2))
+    rec.sinusitis(ago(months=3))
+    return rec
+
+
+def _implausible_iga() -> Record:
+    rec = Record("implausible-iga-hyper-igm", birth="2004-02-11", gender="male")
+    rec.igm(310, when=ago(days=12), ref=(40, 230)).igg(150, when=ago(days=12), ref=(700, 1600))
+    rec.iga(3, when=ago(days=12), ref=(70, 400))
+    rec.iga(50000, when=ago(days=2), ref=(70, 400))
+    rec.pneumonia(ago(months=4))
+    rec.weight(68)
+    return rec
+
+
+def _implausible_weight() -> Record:
+    rec = _indicated_dose("implausible-weight-adult-3-kg")
+    rec.weight(3, when=ago(days=1))  # an adult of 3 kg: 35 g would read as 11.7 g/kg
+    return rec
+
+
+def _implausible_titer() -> Record:
+    rec = Record("implausible-titer-excluded", birth="1981-03-02")
+    rec.igm(30, when=ago(days=20)).igg(800, when=ago(days=20)).iga(150, when=ago(days=20))
+    rec.ppsv23_challenge(protective_post=6, tested=9)  # 6/9 = 67 %: impaired
+    vaccinated = next(r["occurrenceDateTime"] for r in rec.resources if r["resourceType"] == "Immunization")
+    rec.lab("titer", 5000, "ug/mL", (date.fromisoformat(vaccinated) + timedelta(days=35)).isoformat(), code=False,
+            text="Streptococcus pneumoniae Danish serotype 14 IgG Ab [Mass/volume] in Serum")
+    rec.lymphocyte_subsets()
+    rec.weight(70)
+    rec.pneumonia(ago(months=2))
+    rec.pneumonia(ago(months=6))
+    return rec
+
+
+def _edge_plausible(name: str, igg: float) -> Callable[[], Record]:
+    def build() -> Record:
+        rec = complete_adult(name, igm=25, igg=310, iga=50, protective=18)
+        rec.igg(igg, when=ago(days=3))
+        rec.pneumonia(ago(months=2))
+        rec.pneumonia(ago(months=6))
+        return rec
+    return build
+
+
+def _absent_and_in_error() -> Record:
+    rec = complete_adult("data-absent-and-entered-in-error", igm=30, igg=850)
+    rec.igg(None, when=ago(days=5), absent="not-performed")
+    rec.igg(350, when=ago(days=4), status="entered-in-error")
+    rec.sinusitis(ago(months=3))
+    return rec
+
+
+def _duplicates() -> Record:
+    rec = complete_adult("duplicate-results-and-infections", igm=30, igg=420)
+    rec.igm(30, when=ago(days=20))  # the same result again under another id
+    rec.pneumonia(ago(months=3))
+    rec.condition("J13", "Pneumonia due to Streptococcus pneumoniae", ago(months=3))  # the same episode coded twice
+    return rec
+
+
+def _titers_too_early() -> Record:
+    rec = _challenge_drawn_after("titers-drawn-too-early-no-infections", 14)
+    rec.uri(ago(months=2))
+    return rec
+
+
+def _no_pre_titers() -> Record:
+    rec = Record("ppsv23-no-pre-titers", birth="1981-03-02")
+    rec.igm(30, when=ago(days=20)).igg(850, when=ago(days=20)).iga(150, when=ago(days=20))
+    rec.ppsv23_challenge(protective_post=22, pre=False)
+    rec.lymphocyte_subsets()
+    rec.office_visit(ago(months=1))
+    return rec
+
+
+GARBAGE_ENTRIES: list[Any] = [
+    None,
+    {"fullUrl": "urn:uuid:nothing"},
+    {"resource": {"resourceType": "NotAResource", "id": "x1"}},
+    {"resource": {"id": "no-type"}},
+    {"resource": {"resourceType": "Observation", "id": "bad-value", "status": "final",
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "2465-3"}]},
+                  "subject": {"reference": "Patient/unreadable-entries"}, "effectiveDateTime": "2026-11-01",
+                  "valueQuantity": {"value": "eight hundred", "unit": "mg/dL"}}},
+]
+
+
+def _scig_order(pid: str, dose: float) -> list[dict[str, Any]]:
+    return [ivig_order(pid, product="Hizentra", hcpcs="J1559", dose=dose, every_weeks=1,
+                       text="Hizentra (immune globulin subcutaneous, human) 20% liquid", dosage_text="SC weekly")]
+
+
 SCENARIOS: list[Scenario] = [
     # --- the sample patients (also loaded into FHIR servers for the sandbox)
     Scenario("sample-isolated-igm", "Isolated IgM deficiency: IgM 32 mg/dL, normal IgG, adequate PPSV23 response, "
@@ -385,8 +530,9 @@ SCENARIOS: list[Scenario] = [
              _life_threatening, {PV: [IND], OS: [IND]}, standard_ivig, tags=["decision-5"]),
     Scenario("consider-encapsulated", "Low IgM, normal IgG, two pneumonias by encapsulated bacteria (J13, J14)",
              _encapsulated, {PV: [IND], OS: [IND]}, standard_ivig, tags=["decision-5"]),
-    Scenario("incidental-low-igm", "Incidental low IgM (35 mg/dL), normal IgG, no infections, no further work-up",
-             _incidental, {PV: [ISO, WU], OS: [NI, WU]}, standard_ivig, tags=["decision-7", "decision-8"]),
+    Scenario("incidental-low-igm", "Incidental low IgM (35 mg/dL), normal IgG, no infections, no PPSV23 challenge: "
+             "work-up incomplete, not yet isolated IgM deficiency",
+             _incidental, {PV: [WU], OS: [NI, WU]}, standard_ivig, tags=["decision-6", "decision-8"]),
     Scenario("minor-uris-only", "Low IgM, complete normal work-up, only minor upper respiratory infections",
              _minor_only, {PV: [ISO], OS: [NI]}, standard_ivig, tags=["decision-7"]),
     Scenario("recurrent-severe-normal-workup", "Low IgM, two pneumonias, normal IgG and adequate PPSV23 response",
@@ -400,7 +546,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("normal-immunoglobulins", "Normal IgM and IgG; IVIG ordered without another indication", _normal_igs,
              {PV: [], OS: [NI]}, standard_ivig, tags=["decision-11"]),
     Scenario("other-indication-itp", "IVIG 1 g/kg for immune thrombocytopenia (reasonCode D69.3), low IgM",
-             _itp, {PV: [ISO, WU], OS: []},
+             _itp, {PV: [WU], OS: []},
              lambda pid: [ivig_order(pid, dose=1, unit="g/kg", every_weeks=None,
                                      reason=(ICD, "D69.3", "Immune thrombocytopenic purpura"))],
              tags=["other-indication"]),
@@ -457,7 +603,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("stale-igg", "IgG from 14 months ago (stale) with two pneumonias: work-up incomplete", _stale_igg,
              {PV: [WU], OS: [NI, WU]}, standard_ivig, tags=["stale"]),
     Scenario("titers-drawn-after-ivig", "Post-PPSV23 titers drawn within 6 months after IVIG, two pneumonias",
-             _titers_after_ivig, {PV: [CONF], OS: [CONF, NI]}, standard_ivig, tags=["decision-2"]),
+             _titers_after_ivig("titers-drawn-after-ivig", (3, 9)), {PV: [CONF], OS: [CONF, NI]}, standard_ivig,
+             tags=["decision-2"]),
     Scenario("titers-drawn-too-late", "Post-PPSV23 titers drawn 70 days after vaccination, two pneumonias",
              _titers_too_late, {PV: [WU], OS: [NI, WU]}, standard_ivig, tags=["pneumococcal"]),
     # --- both sides of every threshold
@@ -516,6 +663,98 @@ SCENARIOS: list[Scenario] = [
     Scenario("edge-interval-5-weeks", "IVIG indicated; every 5 weeks (above)",
              lambda: _indicated_dose("edge-interval-5-weeks"), {OS: [IND, DOSE]},
              lambda pid: [ivig_order(pid, every_weeks=5)], tags=["edge"]),
+    # --- on treatment: a trough is drawn just before an infusion; days after one it is a mid-interval level
+    Scenario("on-ivig-mid-interval-level", "On IVIG; IgG 1150 drawn 5 days after the last infusion (mid-interval), "
+             "last trough 4 cycles ago: trough overdue",
+             _on_ivig("on-ivig-mid-interval-level", levels=((700, 4, 0, None), (1150, 0, 5, None))),
+             {PV: [IND, MON]}, tags=["trough"]),
+    Scenario("on-ivig-low-mid-interval-level", "On IVIG; trough 700 two cycles ago, then IgG 550 drawn 10 days "
+             "after an infusion (mid-interval, never compared with the target)",
+             _on_ivig("on-ivig-low-mid-interval-level", levels=((700, 2, 0, None), (550, 1, 10, None))),
+             {PV: [IND]}, tags=["trough"]),
+    Scenario("on-ivig-trough-on-infusion-day", "On IVIG; IgG 650 drawn on the day of the last infusion, time not "
+             "recorded: its trough", _on_ivig("on-ivig-trough-on-infusion-day", levels=((650, 0, 0, None),)),
+             {PV: [IND]}, tags=["trough"]),
+    Scenario("on-ivig-level-after-infusion-same-day", "On IVIG; IgG 1400 drawn at 14:00 after the 09:00 infusion "
+             "(not a trough); last trough 4 cycles ago: overdue",
+             _on_ivig("on-ivig-level-after-infusion-same-day", levels=((700, 4, 0, None), (1400, 0, 0, "14:00")),
+                      infusion_at="09:00"), {PV: [IND, MON]}, tags=["trough"]),
+    Scenario("on-ivig-level-before-infusion-same-day", "On IVIG; IgG 560 drawn at 08:00 before the 09:00 "
+             "infusion: a trough below target",
+             _on_ivig("on-ivig-level-before-infusion-same-day", levels=((560, 0, 0, "08:00"),), infusion_at="09:00"),
+             {PV: [IND, MON]}, tags=["trough"]),
+    Scenario("on-ivig-active-infection-trough-5-weeks", "On IVIG with an active pneumonia; last trough 5 weeks "
+             "ago: monthly troughs during active infection, overdue",
+             _on_ivig("on-ivig-active-infection-trough-5-weeks", levels=((700, 1, -1, None),),
+                      infections=((4, "active"),)), {PV: [IND, MON]}, tags=["trough", "edge"]),
+    Scenario("on-ivig-active-infection-trough-8-days", "On IVIG with an active pneumonia; last trough 8 days "
+             "ago, the day before the last infusion (within a month)",
+             _on_ivig("on-ivig-active-infection-trough-8-days", levels=((700, 0, -1, None),),
+                      infections=((4, "active"),)), {PV: [IND]}, tags=["trough", "edge"]),
+    Scenario("on-ivig-resolved-infection-trough-5-weeks", "On IVIG; pneumonia two months ago, resolved; last "
+             "trough 5 weeks ago (within 3 months)",
+             _on_ivig("on-ivig-resolved-infection-trough-5-weeks", levels=((700, 1, -1, None),),
+                      infections=((60, "resolved"),)), {PV: [IND]}, tags=["trough"]),
+    # --- results that are not facts: said under "data not used", the next valid result decides
+    Scenario("implausible-igg-tens-of-thousands", "Latest IgG 85 000 mg/dL (impossible: unit or typing error); "
+             "the IgG before it, 310 mg/dL, decides", _implausible_igg, {PV: [IND], OS: [IND]}, standard_ivig,
+             tags=["plausibility"]),
+    Scenario("edge-igg-plausible-15000", "Latest IgG 15 000 mg/dL, at the plausibility bound: used (normal IgG)",
+             _edge_plausible("edge-igg-plausible-15000", 15000), {PV: [ISO]}, tags=["plausibility", "edge"]),
+    Scenario("edge-igg-implausible-15001", "Latest IgG 15 001 mg/dL, above the plausibility bound: not used; "
+             "IgG 310 decides", _edge_plausible("edge-igg-implausible-15001", 15001), {PV: [IND]},
+             tags=["plausibility", "edge"]),
+    Scenario("implausible-igm-negative", "Latest IgM -5 mg/dL (impossible); the IgM before it, 32 mg/dL, decides",
+             _implausible_igm, {PV: [ISO], OS: [NI]}, standard_ivig, tags=["plausibility"]),
+    Scenario("implausible-iga-hyper-igm", "Latest IgA 50 000 mg/dL (impossible); IgA 3 mg/dL before it: "
+             "hyper-IgM pattern", _implausible_iga, {PV: [HIGM], OS: [HIGM]}, standard_ivig, tags=["plausibility"]),
+    Scenario("implausible-weight-adult-3-kg", "IVIG indicated, 35 g ordered; latest weight 3 kg in an adult "
+             "(impossible): the 70 kg before it gives 0.5 g/kg", _implausible_weight, {OS: [IND]},
+             lambda pid: [ivig_order(pid, dose=35, unit="g")], tags=["plausibility"]),
+    Scenario("implausible-titer-excluded", "PPSV23 6/9 protective plus one titer of 5 000 ug/mL (impossible, not "
+             "counted): impaired, two pneumonias", _implausible_titer, {PV: [IND], OS: [IND]}, standard_ivig,
+             tags=["plausibility"]),
+    Scenario("data-absent-and-entered-in-error", "Latest IgG not performed (dataAbsentReason) and one entered in "
+             "error (350): the valid IgG 850 decides", _absent_and_in_error, {PV: [ISO], OS: [NI]}, standard_ivig,
+             tags=["plausibility"]),
+    Scenario("duplicate-results-and-infections", "IgM sent twice; one pneumonia coded twice (J18.9 and J13, same "
+             "onset): one episode, not recurrent; IgG 420", _duplicates, {PV: [ISO], OS: [NI]}, standard_ivig,
+             tags=["duplicates"]),
+    Scenario("unreadable-entries", "Isolated IgM deficiency; the EHR also sends null entries, unknown resource "
+             "types and an invalid Observation: skipped and named", lambda: complete_adult("unreadable-entries"),
+             {PV: [ISO], OS: [NI]}, standard_ivig, garbage=GARBAGE_ENTRIES, tags=["lenient"]),
+    # --- isolated low IgM whose pneumococcal response is not shown adequate: work-up incomplete
+    Scenario("titers-drawn-too-early-no-infections", "Low IgM, normal IgG, post-PPSV23 titers drawn 14 days after "
+             "the vaccine (too early): work-up incomplete", _titers_too_early, {PV: [WU], OS: [NI, WU]},
+             standard_ivig, tags=["decision-6"]),
+    Scenario("titers-after-ivig-no-recurrent-infections", "Low IgM, normal IgG, post-PPSV23 titers drawn within 6 "
+             "months after IVIG, one pneumonia: work-up incomplete",
+             _titers_after_ivig("titers-after-ivig-no-recurrent-infections", (3,)), {PV: [WU], OS: [NI, WU]},
+             standard_ivig, tags=["decision-6"]),
+    Scenario("ppsv23-no-pre-titers", "Low IgM, normal IgG, protective post-PPSV23 titers but no pre-vaccination "
+             "titers: work-up incomplete", _no_pre_titers, {PV: [WU], OS: [NI, WU]}, standard_ivig,
+             tags=["decision-6"]),
+    # --- dose: mL of a known concentration, weekly SCIG, multi-day courses, doses that are not a mass
+    Scenario("dose-in-ml-10-percent", "IVIG indicated; 350 mL of Privigen 10 % for 70 kg (35 g = 0.5 g/kg)",
+             lambda: _indicated_dose("dose-in-ml-10-percent"), {OS: [IND]},
+             lambda pid: [ivig_order(pid, dose=350, unit="mL")], tags=["dose"]),
+    Scenario("dose-in-ml-too-high", "IVIG indicated; 700 mL of Privigen 10 % for 70 kg (70 g = 1.0 g/kg)",
+             lambda: _indicated_dose("dose-in-ml-too-high"), {OS: [IND, DOSE]},
+             lambda pid: [ivig_order(pid, dose=700, unit="mL")], tags=["dose"]),
+    Scenario("scig-weekly-in-range", "IVIG indicated; Hizentra 0.125 g/kg weekly (0.5 g/kg per 4 weeks)",
+             lambda: _indicated_dose("scig-weekly-in-range"), {OS: [IND]}, lambda pid: _scig_order(pid, 0.125),
+             tags=["dose"]),
+    Scenario("scig-weekly-too-high", "IVIG indicated; Hizentra 0.3 g/kg weekly (1.2 g/kg per 4 weeks)",
+             lambda: _indicated_dose("scig-weekly-too-high"), {OS: [IND, DOSE]}, lambda pid: _scig_order(pid, 0.3),
+             tags=["dose"]),
+    Scenario("dose-course-over-2-days", "IVIG indicated; 0.25 g/kg daily for 2 days every 4 weeks (0.5 g/kg a "
+             "course)", lambda: _indicated_dose("dose-course-over-2-days"), {OS: [IND]},
+             lambda pid: [ivig_order(pid, dose=0.25, repeat={"frequency": 1, "period": 1, "periodUnit": "d",
+                                                             "count": 2},
+                                     dosage_text="0.25 g/kg daily for 2 days, every 4 weeks")], tags=["dose"]),
+    Scenario("dose-unit-not-mass", "IVIG indicated; the dose is ordered as '2 {pill}': it cannot be checked",
+             lambda: _indicated_dose("dose-unit-not-mass"), {OS: [IND, DOSE]},
+             lambda pid: [ivig_order(pid, dose=2, unit="{pill}")], tags=["dose"]),
 ]
 
 # ------------------------------------------------------------------ writing the folders
@@ -539,6 +778,8 @@ def _request(hook: str, scenario: Scenario, record: dict[str, Any], drafts: dict
     for key, template in PREFETCH.items():
         if template.startswith("Observation") and key != "immunoglobulins":
             prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    if scenario.garbage:
+        prefetch["immunoglobulins"]["entry"] += scenario.garbage
     context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": patient["id"]}
     if drafts is not None:
         context["draftOrders"] = drafts
@@ -567,6 +808,8 @@ def materialise(scenario: Scenario) -> dict[str, Any]:
         "tags": scenario.tags,
         "expected": scenario.expected,
     }
+    if scenario.garbage:  # sent in the requests only: no FHIR server holds entries like these
+        files["expected.json"]["unreadableEntries"] = len(scenario.garbage)
     for hook in scenario.expected:
         if hook in (OS, OSEL) and drafts is None:
             continue

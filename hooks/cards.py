@@ -1,10 +1,13 @@
 """CDS Hooks cards from assessments, following ../shared/contract/card-topics.md.
 
 Every card carries ``source.topic`` (a code of the closed list), a summary under 140 characters
-naming the conclusion, and a markdown detail with the deciding facts (value, unit, date), the
-rule, what to do and the literature, ending with the ruleset version. Cards are de-duplicated
-per topic, ordered critical > warning > info, and have uuids stable for a hookInstance and
-topic so that feedback can refer to them. No null or empty values leave this module.
+naming the conclusion, and a markdown detail of at most ``DETAIL_MAX`` characters a prescriber
+reads at a glance: the conclusion, the guideline branch in clinical words with its thresholds, the
+deciding facts (value, unit, date, why it counts), what to do, and the data not used. The
+literature goes into ``links``; the rule names and ruleset version into ``extension`` (and the full
+trace into the trend page the card links to). Cards are de-duplicated per topic, ordered critical >
+warning > info, and have uuids stable for a hookInstance and topic so that feedback can refer to
+them. No null or empty values leave this module.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ CARD_NAMESPACE = uuid.UUID("5b0e6f3c-6d1c-4f7e-9a55-1f3c2b9d7a10")
 OVERRIDE_SYSTEM = "urn:ivig-cds:override-reason"
 SOURCE_LABEL = "ivig-cds · IgM deficiency guideline"
 SUMMARY_MAX = 139
+#: The longest detail: what fits an EHR's card panel without scrolling past the point
+DETAIL_MAX = 1200
 INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 OVERRIDE_REASONS = {
@@ -121,41 +126,86 @@ def _evidence_table(evidence: Iterable[Evidence]) -> list[str]:
     return lines
 
 
-def render_detail(plan: CardPlan, ctx: CardContext) -> str:
+def _guideline_line(a: Assessment, specs: list[RuleSpec | None], show_thresholds: bool) -> str:
+    """'_Guideline: IgG deficiency with recurrent severe infections (IgG < 500 mg/dL; ...)._' — the
+    branch as a clinician names it, with the thresholds that decided."""
+    title = "; ".join(s.title for s in specs if s is not None and s.title) or "IgM deficiency guideline"
+    if show_thresholds and a.thresholds:
+        title += f" ({'; '.join(a.thresholds)})"
+    return f"_Guideline: {title}._"
+
+
+def _bullets(heading: str, lines: list[str] | tuple[str, ...], limit: int | None, more: str | None = None) -> str:
+    """A bulleted section; past ``limit`` lines, the rest are dropped — or counted, when ``more`` says
+    where to find them (data not used: the trend page lists every one)."""
+    shown = list(lines if limit is None else lines[:limit])
+    rest = len(lines) - len(shown)
+    if rest > 0 and more is not None:
+        shown.append(f"… and {rest} more{more}")
+    return f"**{heading}:**\n" + "\n".join(f"- {x}" for x in shown)
+
+
+def _render(plan: CardPlan, ctx: CardContext, *, data: int | None, advice: int | None, rows: int | None,
+            thresholds: bool, notes: bool) -> str:
     parts: list[str] = []
-    references: list[str] = []
+    shown: set[str] = set()
     for a in plan.assessments:
         specs = [spec_of(name) for name in a.rule.split("+")]
-        branch = "; ".join(s.branch for s in specs if s) or a.rule
+        shown.update(f"{e.value} ({e.date})" for e in a.evidence if e.value and e.date)
         parts.append(f"**{a.conclusion[:1].upper() + a.conclusion[1:]}.**")
-        parts.append(f"Rule: {branch} (`{a.rule}`)." + (f" Threshold: {'; '.join(a.thresholds)}." if a.thresholds else ""))
-        table = _evidence_table(a.evidence)
+        parts.append(_guideline_line(a, specs, thresholds))
+        evidence = [e for e in a.evidence if e.value]
+        table = _evidence_table(evidence if rows is None else evidence[:rows])
         if table:
             parts.append("\n".join(table))
         if a.missing:
-            parts.append("**Missing or stale:**\n" + "\n".join(f"- {m}" for m in a.missing))
+            parts.append(_bullets("Missing or too old", a.missing, None))
         if a.advice:
-            parts.append(f"**{plan.advice_heading}:**\n" + "\n".join(f"- {x}" for x in a.advice))
-        if a.notes:
+            parts.append(_bullets(plan.advice_heading, a.advice, advice))
+        if notes and a.notes:
             parts.append("\n".join(f"_{n}_" for n in a.notes))
-        for s in specs:
-            for key in (s.references if s else ()):
-                if key not in references:
-                    references.append(key)
     for heading, lines in plan.extra_sections:
         if lines:
-            parts.append(f"**{heading}:**\n" + "\n".join(f"- {x}" for x in lines))
-    if ctx.data_notes:
-        parts.append("**Data not used or unavailable:**\n" + "\n".join(f"- {n}" for n in ctx.data_notes[:12])
-                     + (f"\n- … and {len(ctx.data_notes) - 12} more" if len(ctx.data_notes) > 12 else ""))
-    if references:
-        refs = []
-        for key in references:
-            ref = REFERENCES[key]
-            refs.append(f"- {ref.citation}" + (f" <{ref.url}>" if ref.url else ""))
-        parts.append("**References:**\n" + "\n".join(refs))
-    parts.append(f"---\n_ivig-cds ruleset {ctx.ruleset_version}_")
+            parts.append(_bullets(heading, lines, None))
+    # a result the table already shows (with why it counts) is not said again below it
+    unused = [n for n in ctx.data_notes if not any(value in n for value in shown)]
+    if unused:
+        parts.append(_bullets("Data not used", unused, data, " (see the trend page)" if ctx.smart_url else ""))
     return "\n\n".join(parts)
+
+
+#: Ever shorter renderings, tried in order until one fits ``DETAIL_MAX``: fewer data-not-used lines,
+#: fewer advice lines, then no thresholds and notes, then fewer evidence rows.
+_SHORTER = (
+    dict(data=6, advice=None, rows=None, thresholds=True, notes=True),
+    dict(data=3, advice=None, rows=None, thresholds=True, notes=True),
+    dict(data=3, advice=2, rows=None, thresholds=True, notes=False),
+    dict(data=2, advice=2, rows=None, thresholds=False, notes=False),
+    dict(data=1, advice=2, rows=4, thresholds=False, notes=False),
+    dict(data=1, advice=1, rows=3, thresholds=False, notes=False),
+)
+
+
+def render_detail(plan: CardPlan, ctx: CardContext) -> str:
+    """The card's markdown, as short as it must be to stay within ``DETAIL_MAX`` characters."""
+    text = ""
+    for limits in _SHORTER:
+        text = _render(plan, ctx, **limits)
+        if len(text) <= DETAIL_MAX:
+            return text
+    cut = text[: DETAIL_MAX - 2].rsplit("\n", 1)[0]
+    return cut + "\n…"
+
+
+def literature_links(plan: CardPlan) -> list[dict[str, str]]:
+    """The literature behind the card's rules, as absolute links (the guideline's reference 1 first)."""
+    keys = ["bonilla-2015"]
+    for a in plan.assessments:
+        for name in a.rule.split("+"):
+            spec = spec_of(name)
+            keys += [k for k in (spec.references if spec else ()) if k not in keys]
+    return [{"label": REFERENCES[k].short, "url": REFERENCES[k].url, "type": "absolute"}
+            for k in keys if REFERENCES[k].url]
 
 
 # ------------------------------------------------------------------ suggestions
@@ -239,10 +289,11 @@ def _with_uuids(card: dict[str, Any], hook_instance: str, service_id: str) -> di
 
 def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
     rules = [a.rule for a in plan.assessments]
-    links = [{"label": "Guideline reference: AAAAI practice parameter (Bonilla 2015)", "url": GUIDELINE_URL,
-              "type": "absolute"}]
+    literature = literature_links(plan)
+    links = literature[:1]  # the guideline's practice parameter, then the patient's trend page, then the rest
     if ctx.smart_url:
         links.append({"label": "Ig trend and decision trace (SMART app)", "url": ctx.smart_url, "type": "smart"})
+    links += literature[1:]
     card: dict[str, Any] = {
         "uuid": None,  # set by _with_uuids, here so that it comes first
         "summary": clip(plan.summary),
@@ -268,7 +319,7 @@ def to_card(plan: CardPlan, ctx: CardContext) -> dict[str, Any]:
 def reissue(cards: list[dict[str, Any]], hook_instance: str, service_id: str) -> list[dict[str, Any]]:
     """The same cards for another call, with that call's uuids (as ``to_card`` gives them).
 
-    A memoised answer (service/answers.py) is given to a later call with the same request; its
+    A memoised answer (service/protocol/answers.py) is given to a later call with the same request; its
     cards must carry that call's uuids so that feedback names them. Only the card and its
     suggestions are copied; everything below them is shared and never mutated.
     """

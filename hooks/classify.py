@@ -1,7 +1,7 @@
 """What a validated resource is, in the guideline's terms: which lab, which serotype.
 
-Computed once per distinct resource (when it is validated, see hooks/fhir_read.py) — a record
-is read by many extractors and classifying it again for each costs more than the rules.
+Computed once per distinct resource (when it is validated, see hooks/fhir_read.py): a record
+is read by many extractors, and each of them needs to know which lab a result is.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hooks import valuesets as vs
+from hooks.lru import by_term
 
 _SEROTYPES = frozenset(s.upper() for s in vs.PPSV23_SEROTYPES)
 #: LOINC groups in the order they are tried; None = recognised and deliberately not used (CSF IgG,
@@ -38,13 +39,34 @@ def texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
 def classify_observation(obs: Any) -> str | None:
     """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
     texts, codes = texts_and_codes(obs.code)
-    loinc = {c for s, c in codes if s in (vs.LOINC, "")}
+    loinc = " ".join(c for s, c in codes if s in (vs.LOINC, ""))
+    if loinc:
+        kind = _kind_by_loinc(loinc)
+        if kind is not _NO_KIND:
+            return kind
+        if any(code in vs.LOINC_SEROTYPE_VERIFIED for code in loinc.split()):
+            return "titer"
+    return _kind_by_name(" ".join(texts)) if texts else None
+
+
+#: what ``_kind_by_loinc`` answers for codes it does not know (None means: known, and not used)
+_NO_KIND = "?"
+
+
+@by_term
+def _kind_by_loinc(loinc_codes: str) -> str | None:
+    """The kind of the first LOINC group the codes (space-separated) fall in; worked out once per
+    test, since every patient's result of a test carries its codes."""
+    loinc = set(loinc_codes.split())
     for group, kind in _LOINC_KINDS:
         if loinc & group:
             return kind
-    text = " ".join(texts)
-    if not text:
-        return None
+    return _NO_KIND
+
+
+@by_term
+def _kind_by_name(text: str) -> str | None:
+    """The kind a result's names (joined) give: once per test name."""
     if vs.TEXT_PNEUMOCOCCAL.search(text):
         return "titer"
     if vs.TEXT_MEMORY_B.search(text):
@@ -69,11 +91,42 @@ def classify_observation(obs: Any) -> str | None:
 
 
 def serotype_of(obs: Any) -> str | None:
-    texts, _ = texts_and_codes(obs.code)
-    valid = _SEROTYPES
+    """The serotype named by the text, else by a verified serotype LOINC code."""
+    texts, codes = texts_and_codes(obs.code)
     for text in texts:
-        for match in vs.SEROTYPE_PATTERN.finditer(text):
-            candidate = match.group(1).upper()
-            if candidate in valid:
-                return candidate
+        serotype = _serotype_in(text)
+        if serotype is not None:
+            return serotype
+    return next((vs.LOINC_SEROTYPE_VERIFIED[c] for s, c in codes
+                 if s in (vs.LOINC, "") and c in vs.LOINC_SEROTYPE_VERIFIED), None)
+
+
+@by_term
+def _serotype_in(text: str) -> str | None:
+    """The first PPSV23 serotype a titer's name gives ("... serotype 6B IgG Ab" -> "6B")."""
+    for match in vs.SEROTYPE_PATTERN.finditer(text):
+        candidate = match.group(1).upper()
+        if candidate in _SEROTYPES:
+            return candidate
     return None
+
+
+# ------------------------------------------------------------------ immune globulin products, by name
+
+
+@by_term
+def names_immune_globulin(text: str) -> bool:
+    """An IgG replacement product by its generic or brand name ("Privigen 10% ...")."""
+    return vs.TEXT_IMMUNE_GLOBULIN.search(text) is not None
+
+
+@by_term
+def names_other_globulin(text: str) -> bool:
+    """A hyperimmune or other globulin that is not IgG replacement (anti-D, HBIG, ATG ...)."""
+    return vs.TEXT_NOT_REPLACEMENT_GLOBULIN.search(text) is not None
+
+
+@by_term
+def names_subcutaneous(text: str) -> bool:
+    return vs.TEXT_SUBCUTANEOUS.search(text) is not None
+

@@ -12,13 +12,19 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-def _t(default: float | int, description: str, unit: str, source: str):
-    """A threshold field: its default, what it means, its unit and where the number comes from."""
+def _t(default: float | int, description: str, unit: str, source: str, *, ge: float | None = None):
+    """A threshold field: its default, what it means, its unit and where the number comes from.
+
+    Positive (or at least ``ge``) and finite: an infinite or NaN threshold would make a rule fire
+    always or never without anyone seeing why, so such a configuration is refused at start-up.
+    """
+    bounds = {"ge": ge} if ge is not None else {"gt": 0}
     return Field(
         default,
         description=description,
         json_schema_extra={"unit": unit, "source": source},
-        gt=0,
+        allow_inf_nan=False,
+        **bounds,
     )
 
 
@@ -54,10 +60,10 @@ class GuidelineConfig(BaseModel):
         1.3, "A serotype-specific IgG titer at or above this is protective",
         "ug/mL", "criteria.md Facts: pneumococcal response; Orange 2012")
     ppsv23_protective_fraction: float = Field(
-        0.70, gt=0, le=1, description="Below this fraction of protective serotypes after PPSV23 the response is impaired (age >= young-child age)",
+        0.70, gt=0, le=1, allow_inf_nan=False, description="Below this fraction of protective serotypes after PPSV23 the response is impaired (age >= young-child age)",
         json_schema_extra={"unit": "fraction", "source": "criteria.md Facts: pneumococcal response (70 %)"})
     ppsv23_protective_fraction_young_child: float = Field(
-        0.50, gt=0, le=1, description="The same, for children younger than the young-child age",
+        0.50, gt=0, le=1, allow_inf_nan=False, description="The same, for children younger than the young-child age",
         json_schema_extra={"unit": "fraction", "source": "criteria.md Facts: pneumococcal response (50 % under 6 y)"})
     young_child_age_years: float = _t(
         6, "Below this age the young-child fraction applies", "years",
@@ -109,6 +115,17 @@ class GuidelineConfig(BaseModel):
     trough_overdue_months: int = _t(
         3, "On IVIG, no trough IgG within this many months is overdue", "months",
         "criteria.md On treatment: every 3 months once stable")
+    trough_overdue_months_active_infection: int = _t(
+        1, "On IVIG during an active severe infection, no trough IgG within this many months is overdue",
+        "months", "criteria.md On treatment: monthly during active infection")
+    trough_max_days_before_infusion: int = _t(
+        3, "A level drawn at most this many days before an infusion (or on its day, before it) is that "
+        "infusion's trough; a level drawn days after an infusion is a mid-interval level", "days",
+        "criteria.md On treatment: trough measured just before an infusion", ge=0)
+    active_infection_days: int = _t(
+        30, "A severe infection whose record gives no clinical status counts as active this many days "
+        "after its onset (an active, recurrent or relapsed one counts until it is resolved)", "days",
+        "ivig-cds convention (about a month)")
     dose_min_g_per_kg: float = _t(
         0.4, "Lowest replacement dose", "g/kg", "criteria.md On treatment: 0.4–0.6 g/kg")
     dose_max_g_per_kg: float = _t(
@@ -124,12 +141,38 @@ class GuidelineConfig(BaseModel):
         2.0, "Upper end of the immunomodulatory dose range", "g/kg",
         "criteria.md: immunomodulatory dose 1–2 g/kg")
 
+    # --- plausibility: a value outside these bounds is a unit or typing error, never a fact
+    igg_plausible_max_mg_dl: float = _t(
+        15000, "A serum IgG above this is not a possible human value (unit or typing error): not used",
+        "mg/dL", "physiological bound (IgG myeloma rarely exceeds 10 000 mg/dL)")
+    igm_plausible_max_mg_dl: float = _t(
+        10000, "A serum IgM above this is not a possible human value: not used", "mg/dL",
+        "physiological bound (Waldenström macroglobulinaemia rarely exceeds 7 000 mg/dL)")
+    iga_plausible_max_mg_dl: float = _t(
+        10000, "A serum IgA above this is not a possible human value: not used", "mg/dL",
+        "physiological bound (IgA myeloma rarely exceeds 7 000 mg/dL)")
+    titer_plausible_max_ug_ml: float = _t(
+        500, "A serotype-specific pneumococcal IgG above this is not a plausible result: not used", "ug/mL",
+        "physiological bound (post-vaccination titers are rarely above 100 ug/mL)")
+    weight_plausible_min_kg: float = _t(
+        0.3, "A body weight below this is not possible: not used", "kg", "physiological bound (newborn)")
+    adult_weight_plausible_min_kg: float = _t(
+        20, "An adult's body weight below this is not plausible (unit or typing error): not used", "kg",
+        "physiological bound (adults)")
+    weight_plausible_max_kg: float = _t(
+        400, "A body weight above this is not plausible: not used", "kg", "physiological bound")
+
     # --- the treatment thresholds as advice text (cards quote what the rules check) ---
 
     def replacement_regimen(self) -> str:
         """'0.4–0.6 g/kg every 3–4 weeks' from the dose and interval thresholds."""
         return (f"{self.dose_min_g_per_kg:g}–{self.dose_max_g_per_kg:g} g/kg every "
                 f"{self.interval_min_weeks:g}–{self.interval_max_weeks:g} weeks")
+
+    def plausible_max_mg_dl(self, analyte: str) -> float:
+        """The plausibility bound of a serum immunoglobulin ('IgG', 'IgM', 'IgA')."""
+        return {"IgG": self.igg_plausible_max_mg_dl, "IgM": self.igm_plausible_max_mg_dl,
+                "IgA": self.iga_plausible_max_mg_dl}[analyte]
 
     def trough_target_range(self) -> str:
         """'600–800 mg/dL': the configured target up to the top of the guideline's target range."""
@@ -149,6 +192,12 @@ class GuidelineConfig(BaseModel):
             ("immunomodulatory_dose_min_g_per_kg", "immunomodulatory_dose_max_g_per_kg"),
             ("dose_max_g_per_kg", "immunomodulatory_dose_min_g_per_kg"),
             ("ppsv23_protective_fraction_young_child", "ppsv23_protective_fraction"),
+            ("weight_plausible_min_kg", "adult_weight_plausible_min_kg"),
+            ("adult_weight_plausible_min_kg", "weight_plausible_max_kg"),
+            ("trough_overdue_months_active_infection", "trough_overdue_months"),
+            ("igm_low_mg_dl", "igm_plausible_max_mg_dl"),
+            ("igg_deficient_mg_dl", "igg_plausible_max_mg_dl"),
+            ("titer_protective_ug_ml", "titer_plausible_max_ug_ml"),
         ]
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):

@@ -11,11 +11,11 @@ from datetime import date
 from typing import Any, Iterable, Mapping
 
 from hooks import orders as order_rules
+from hooks import valuesets as vs
 from hooks.assessment import Assessment, Decision, NotApplicable
 from hooks.config import GuidelineConfig
-from hooks.facts import Facts, extract_facts
-from hooks.fhir_read import ReadResult, Skipped, iter_resources, read_raw
-from hooks.lru import BoundedLRU
+from hooks.facts import Facts, concept_in, extract_facts
+from hooks.fhir_read import ReadResult, Skipped, read_resources
 from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
@@ -99,8 +99,7 @@ class PatientEvaluation:
 
     facts: Facts
     decision: Decision
-    #: fields dropped to read a resource (the validated models themselves are not kept: a memoised
-    #: evaluation must not hold a record's models alive beyond the bounded resource cache)
+    #: fields dropped to read a resource
     notes: list[Skipped]
     orders: list[order_rules.IvigOrder] = field(default_factory=list)
     #: order label -> order-rule results that applied
@@ -147,34 +146,36 @@ def facts_summary(f: Facts) -> dict[str, Any]:
     }
 
 
-#: Evaluations of records sent again (patient-view, then order-select, then order-sign of the
-#: same chart; several users on one patient), keyed on exactly what they depend on: the serials
-#: of every resource read (hooks/fhir_read.py), the patient, today, the thresholds, what was
-#: unavailable. An evaluation is never mutated once made.
-EVALUATIONS: BoundedLRU[tuple, PatientEvaluation] = BoundedLRU(capacity=256)
-
-
 def evaluate_patient(values: Iterable[Any], *, patient_id: str | None, today: date, config: GuidelineConfig,
                      unavailable: Mapping[str, str] | None = None,
                      drafts: list[Mapping[str, Any]] | None = None) -> PatientEvaluation:
     """From raw FHIR (prefetch values, draft orders, fetched resources) to facts, decision and order findings."""
-    raw = list(iter_resources(list(values)))  # one walk over the bag; every reader below shares it
-    if drafts:
-        raw.extend(drafts)
-    read = read_raw(raw, patient_id)
-    key = (tuple(read.serials), len(drafts or ()), patient_id, today, config,
-           tuple(sorted((unavailable or {}).items())))
-    cached = EVALUATIONS.get(key)
-    if cached is not None:
-        return cached
-    evaluation = _evaluate(read, patient_id=patient_id, today=today, config=config, unavailable=unavailable,
-                           drafts=drafts)
-    EVALUATIONS.put(key, evaluation)
-    return evaluation
+    read = read_resources(values, patient_id, drafts or ())
+    return evaluate_read(read, today=today, config=config, unavailable=unavailable, drafts=drafts)
 
 
-def _evaluate(read: ReadResult, *, patient_id: str | None, today: date, config: GuidelineConfig,
-              unavailable: Mapping[str, str] | None, drafts: list[Mapping[str, Any]] | None) -> PatientEvaluation:
+#: Results that can bring a patient into the guideline's scope (see ``in_scope``)
+_DECISIVE_RESULTS = ("IgM", "IgG", "titer")
+#: Resources that can hold immune globulin use (history, an active order, an infusion)
+_IMMUNE_GLOBULIN_USE = ("MedicationRequest", "MedicationAdministration", "MedicationStatement",
+                        "MedicationDispense", "Procedure")
+
+
+def nothing_to_decide(read: ReadResult) -> bool:
+    """No card can come of this record without an order: no IgM, IgG or pneumococcal titer, no
+    possible immune globulin use and no hyper-IgM diagnosis (``in_scope`` needs one of them, trough
+    monitoring needs IVIG history). Most charts opened are such records; they need no facts."""
+    if any(read.observations(kind) for kind in _DECISIVE_RESULTS):
+        return False
+    if any(read.of(rtype) for rtype in _IMMUNE_GLOBULIN_USE):
+        return False
+    return not any(concept_in(cond.code, vs.HYPER_IGM_DIAGNOSES) for cond in read.of("Condition"))
+
+
+def evaluate_read(read: ReadResult, *, today: date, config: GuidelineConfig,
+                  unavailable: Mapping[str, str] | None = None,
+                  drafts: list[Mapping[str, Any]] | None = None) -> PatientEvaluation:
+    """Facts, decision and order findings of a record already read."""
     draft_labels = frozenset()
     ivig_orders: list[order_rules.IvigOrder] = []
     if drafts:

@@ -10,13 +10,16 @@ card. Only final/amended/corrected results count. "Today" is an argument, never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date
+import math
+import re
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from hooks import valuesets as vs
 from hooks.config import GuidelineConfig
 from hooks.dates import add_months, age_years, as_date, fmt_date
+from hooks.classify import names_immune_globulin, names_other_globulin, names_subcutaneous
 from hooks.classify import texts_and_codes as _texts_codes
 from hooks.fhir_read import ReadResult, bare_id
 from hooks.units import COMPARATORS, Measured, parse_value_string, to_kg, to_mg_dl, to_ug_ml
@@ -24,6 +27,7 @@ from hooks.units import COMPARATORS, Measured, parse_value_string, to_kg, to_mg_
 FINAL_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
 LOW_FLAGS = frozenset({"L", "LL", "LU", "<"})
 NORMAL_FLAGS = frozenset({"N", "H", "HH", "HU", ">"})
+HIGH_FLAGS = frozenset({"H", "HH", "HU", ">"})
 
 
 class Level(StrEnum):
@@ -46,6 +50,8 @@ class LabValue:
     flags: frozenset[str] = frozenset()
     stale: bool = False
     confounded_by: date | None = None  # the IVIG dose this result was drawn after
+    #: the time of the draw when the record gives one (a trough is drawn before the infusion that day)
+    at: datetime | None = None
 
     @property
     def confounded(self) -> bool:
@@ -69,6 +75,8 @@ class Analyte:
     #: "ok", "missing", "stale", "confounded", "indeterminate"
     status: str = "missing"
     problems: tuple[str, ...] = ()
+    #: above the lab's upper limit (or flagged high): said as "high", never as "normal"
+    high: bool = False
 
     @property
     def latest(self) -> LabValue | None:
@@ -118,7 +126,7 @@ class PneumococcalResponse:
         if not self.tested:
             return self.status.replace("-", " ")
         pct = round(100 * (self.fraction or 0))
-        need = f", needs >= {round(100 * self.required_fraction)} %" if self.required_fraction else ""
+        need = f", needs ≥ {round(100 * self.required_fraction)} %" if self.required_fraction else ""
         when = f" {self.days_after()} days after PPSV23 of {fmt_date(self.vaccination)}" if self.vaccination else ""
         return f"{self.protective}/{self.tested} serotypes protective ({pct} %{need}){when}"
 
@@ -139,6 +147,9 @@ class Infection:
     encapsulated: bool
     hospitalised: bool
     sources: tuple[str, ...]
+    #: still going on: clinical status active/recurrence/relapse without abatement, an admission in
+    #: progress, or (no status recorded) a recent onset
+    active: bool = False
 
     @property
     def minor(self) -> bool:
@@ -174,12 +185,22 @@ class InfectionHistory:
     def minor(self) -> tuple[Infection, ...]:
         return tuple(e for e in self.episodes if e.minor)
 
+    @property
+    def active_severe(self) -> tuple[Infection, ...]:
+        return tuple(e for e in self.episodes if e.severe and e.active)
+
 
 @dataclass(frozen=True)
 class IvigDose:
     when: date
     source: str
     subcutaneous: bool = False
+    #: the time of the infusion when the record gives one
+    at: datetime | None = None
+    product: str = ""
+    #: an infusion on record (administration, procedure), not an order's or a statement's date: only
+    #: these tell a trough from a mid-interval level
+    infusion: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +221,54 @@ class IvigHistory:
     def any(self) -> bool:
         return bool(self.doses) or self.active_order
 
+    @property
+    def subcutaneous(self) -> bool:
+        """On SCIG: the latest dose was subcutaneous (levels are steady, any level is a trough)."""
+        return bool(self.doses) and self.doses[-1].subcutaneous
+
+    def usual_interval_days(self, default_days: float) -> float:
+        """The patient's own interval between infusions (median gap), else ``default_days``."""
+        gaps = sorted((b.when - a.when).days for a, b in zip(self.doses, self.doses[1:]) if b.when > a.when)
+        return float(gaps[len(gaps) // 2]) if gaps else default_days
+
+
+class LevelTiming(StrEnum):
+    """When an IgG on treatment was drawn, relative to the infusions."""
+
+    TROUGH = "trough"  # just before an infusion: compared with the trough target
+    MID_INTERVAL = "mid-interval"  # days after an infusion: donor IgG still high, never a trough
+    STEADY_STATE = "steady-state"  # on SCIG: levels are steady, any level counts as the trough
+
+
+@dataclass(frozen=True)
+class TreatmentLevel:
+    """An IgG drawn on treatment and what it is: the trough of an infusion or a mid-interval level."""
+
+    value: LabValue
+    timing: LevelTiming
+    #: the infusion it is the trough of (trough), or the one it was drawn after (mid-interval)
+    infusion: date | None = None
+
+    @property
+    def days_after_infusion(self) -> int | None:
+        if self.timing is LevelTiming.MID_INTERVAL and self.infusion is not None:
+            return (self.value.when - self.infusion).days
+        return None
+
+    def describe(self) -> str:
+        """'drawn before the infusion of 2026-11-03', '7 days after the infusion of ...'."""
+        if self.timing is LevelTiming.STEADY_STATE:
+            return "on subcutaneous immunoglobulin (steady level)"
+        if self.timing is LevelTiming.TROUGH:
+            if self.infusion is None:
+                return "drawn when the next infusion was due"
+            days = (self.infusion - self.value.when).days
+            before = "before" if days == 0 else "the day before" if days == 1 else f"{days} days before"
+            return f"drawn {before} the infusion of {fmt_date(self.infusion)}"
+        days = self.days_after_infusion
+        when = "on the day of" if days == 0 else f"{days} days after"
+        return f"mid-interval level: drawn {when} the infusion of {fmt_date(self.infusion)}, not a trough"
+
 
 @dataclass(frozen=True)
 class Facts:
@@ -212,7 +281,7 @@ class Facts:
     pneumococcal: PneumococcalResponse
     infections: InfectionHistory
     ivig: IvigHistory
-    #: on IVIG: the latest IgG since treatment started (the trough)
+    #: on IVIG: the latest trough IgG (a level drawn just before an infusion; any level on SCIG)
     trough: LabValue | None
     weight: LabValue | None
     lymphocyte_subsets: frozenset[str]
@@ -223,6 +292,23 @@ class Facts:
     data_problems: tuple[str, ...] = ()
     #: prefetch keys that could not be obtained, with the reason
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    #: on IVIG: every IgG since treatment started, each a trough or a mid-interval level
+    treatment_levels: tuple[TreatmentLevel, ...] = ()
+
+    @property
+    def mid_interval(self) -> TreatmentLevel | None:
+        """The latest mid-interval level drawn after the latest trough (shown, never compared)."""
+        latest = self.treatment_levels[-1] if self.treatment_levels else None
+        if latest is not None and latest.timing is LevelTiming.MID_INTERVAL:
+            return latest
+        return None
+
+    def trough_level(self) -> TreatmentLevel | None:
+        """The trough with its timing (which infusion it belongs to)."""
+        for level in reversed(self.treatment_levels):
+            if level.value is self.trough:
+                return level
+        return None
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -273,11 +359,16 @@ def _code_of(status: Any) -> str | None:
 
 
 def observation_date(obs: Any) -> date | None:
+    return observation_time(obs)[0]
+
+
+def observation_time(obs: Any) -> tuple[date | None, datetime | None]:
+    """When a result was drawn: its date, and its time when the record gives one."""
     for value in (obs.effectiveDateTime, getattr(obs.effectivePeriod, "start", None), obs.effectiveInstant, obs.issued):
         d = as_date(value)
         if d is not None:
-            return d
-    return None
+            return d, value if isinstance(value, datetime) else None
+    return None, None
 
 
 def _quantity(obs: Any) -> tuple[str | None, float, str | None] | None:
@@ -351,11 +442,11 @@ def is_immune_globulin(concepts: Iterable[Any]) -> bool:
     for concept in concepts:
         texts, codes = _texts_codes(concept)
         joined = " ".join(texts)
-        if joined and vs.TEXT_NOT_REPLACEMENT_GLOBULIN.search(joined):
+        if joined and names_other_globulin(joined):
             return False
         if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes):
             found = True
-        elif joined and vs.TEXT_IMMUNE_GLOBULIN.search(joined):
+        elif joined and names_immune_globulin(joined):
             found = True
     return found
 
@@ -365,7 +456,7 @@ def is_subcutaneous(concepts: Iterable[Any]) -> bool:
         texts, codes = _texts_codes(concept)
         if any(c in vs.SUBCUTANEOUS_HCPCS for _, c in codes):
             return True
-        if any(vs.TEXT_SUBCUTANEOUS.search(t) for t in texts):
+        if any(names_subcutaneous(t) for t in texts):
             return True
     return False
 
@@ -400,10 +491,12 @@ def extract_ivig_history(read: ReadResult, today: date, config: GuidelineConfig,
             status = _code_of(res.status)
             sc = is_subcutaneous(concepts)
             when: date | None = None
+            at: Any = None
             if res_type == "MedicationAdministration":
                 if status not in _DONE:
                     continue
-                when = as_date(res.effectiveDateTime) or as_date(getattr(res.effectivePeriod, "start", None))
+                at = res.effectiveDateTime or getattr(res.effectivePeriod, "start", None)
+                when = as_date(at)
             elif res_type == "MedicationRequest":
                 if status == "active":
                     active = True
@@ -421,13 +514,17 @@ def extract_ivig_history(read: ReadResult, today: date, config: GuidelineConfig,
                     continue
                 when = as_date(res.whenHandedOver)
             if when is not None and when <= today:
-                doses.append(IvigDose(when, label, sc))
+                doses.append(IvigDose(when, label, sc, at if isinstance(at, datetime) else None,
+                                      concept_label(concepts[0]) if concepts else "",
+                                      infusion=res_type == "MedicationAdministration"))
     for proc in read.of("Procedure"):
         if _code_of(proc.status) != "completed":
             continue
-        when = as_date(proc.performedDateTime) or as_date(getattr(proc.performedPeriod, "start", None))
+        at = proc.performedDateTime or getattr(proc.performedPeriod, "start", None)
+        when = as_date(at)
         if when is not None and when <= today:
-            doses.append(IvigDose(when, _label(proc, read)))
+            doses.append(IvigDose(when, _label(proc, read), False, at if isinstance(at, datetime) else None,
+                                  concept_label(proc.code) if proc.code else "", infusion=True))
     doses.sort(key=lambda d: d.when)
     last = doses[-1].when if doses else None
     on_treatment = active or (last is not None and (today - last).days <= config.on_treatment_days)
@@ -448,72 +545,143 @@ def confounding_dose(when: date, doses: tuple[IvigDose, ...], months: int) -> da
 # ------------------------------------------------------------------ labs
 
 
+_EXCLUDED_STATUSES = {"entered-in-error": "entered in error", "cancelled": "cancelled"}
+
+
+def _unused(what: str, when: date | None, why: str) -> str:
+    """One "data not used" line: what, from when, and why — in a clinician's words."""
+    return f"{what} of {fmt_date(when)}: {why} — not used" if when else f"{what} without a date: {why} — not used"
+
+
+def _absent_reason(obs: Any) -> str | None:
+    """Why a result has no value (FHIR dataAbsentReason), if the lab said so."""
+    reason = getattr(obs, "dataAbsentReason", None)
+    if reason is None:
+        return None
+    texts, codes = _texts_codes(reason)
+    return (texts[0] if texts else codes[0][1] if codes else "unknown").replace("-", " ")
+
+
+def _shown(value: float, unit: str | None) -> str:
+    """A value as it was sent, for saying why it is not used ('85000 mg/dL')."""
+    return f"{value:g} {unit}" if unit else f"{value:g}"
+
+
+def _readable_result(obs: Any, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
+    """Date, time and (comparator, value, unit) of a final, dated, valued result; else None with the
+    reason said once in ``problems`` (a result entered in error or cancelled is said too)."""
+    status = _code_of(obs.status)
+    when, at = observation_time(obs)
+    if status in _EXCLUDED_STATUSES:
+        problems.append(_unused(what, when, f"{_EXCLUDED_STATUSES[status]}"))
+        return None
+    if status not in FINAL_STATUSES:
+        problems.append(_unused(what, when, f"{status or 'without status'}, not final"))
+        return None
+    if when is None:
+        problems.append(_unused(what, None, "no date"))
+        return None
+    if when > today:
+        problems.append(_unused(what, when, "dated in the future"))
+        return None
+    absent = _absent_reason(obs)
+    if absent is not None:
+        problems.append(_unused(what, when, f"no value ({absent})"))
+        return None
+    q = _quantity(obs)
+    if q is None:
+        problems.append(_unused(what, when, "no numeric value"))
+        return None
+    if not math.isfinite(q[1]):
+        problems.append(_unused(what, when, "the value is not a number"))
+        return None
+    return when, at, q
+
+
 def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineConfig, doses,
-                problems: list[str], convert=to_mg_dl, unit: str = "mg/dL") -> list[LabValue]:
+                problems: list[str], convert=to_mg_dl, unit: str = "mg/dL",
+                plausible: tuple[float, float] | None = None) -> list[LabValue]:
+    """Every usable result of one analyte, oldest first, each once.
+
+    Not usable, and said: not final, entered in error, no date, no value (dataAbsentReason), an
+    unknown unit, and a value no human body can have (``plausible``: a unit or typing error). The same
+    result sent twice (other ids, same value and time) counts once.
+    """
     stale_before = add_months(today, -config.stale_lab_months)
+    low_bound, high_bound = plausible if plausible is not None else (0.0, config.plausible_max_mg_dl(analyte))
     out: list[LabValue] = []
+    seen: set[tuple] = set()
     for obs in read.observations(analyte):
-        label = _label(obs, read)
-        status = _code_of(obs.status)
-        if status not in FINAL_STATUSES:
-            if status not in ("entered-in-error", "cancelled"):
-                problems.append(f"{analyte} result {label} is {status or 'without status'}, not final — not used")
+        readable = _readable_result(obs, analyte, today, problems)
+        if readable is None:
             continue
-        when = observation_date(obs)
-        if when is None:
-            problems.append(f"{analyte} result {label} has no date — not used")
-            continue
-        if when > today:
-            problems.append(f"{analyte} result {label} is dated in the future ({fmt_date(when)}) — not used")
-            continue
-        q = _quantity(obs)
-        if q is None:
-            problems.append(f"{analyte} result of {fmt_date(when)} has no numeric value — not used")
-            continue
-        comparator, value, raw_unit = q
+        when, at, (comparator, value, raw_unit) = readable
         normalised = convert(value, raw_unit)
         if normalised is None:
-            problems.append(
-                f"{analyte} result of {fmt_date(when)} has unit '{raw_unit or 'none'}', which is not known — "
-                f"treated as missing")
+            problems.append(_unused(analyte, when, f"unit '{raw_unit or 'none'}' is not known (not guessed)"))
             continue
+        if not low_bound <= normalised <= high_bound:
+            problems.append(_unused(analyte, when, f"{_shown(value, raw_unit)} is not a possible value "
+                                                   f"(plausible {low_bound:g}–{high_bound:g} {unit}; unit or typing error?)"))
+            continue
+        key = (normalised, comparator, at or when)
+        if key in seen:
+            continue
+        seen.add(key)
         low, high = _ref_range(obs, convert)
         out.append(LabValue(
             analyte=analyte,
             measured=Measured(normalised, comparator),
             unit=unit,
             when=when,
-            resource=label,
+            resource=_label(obs, read),
             ref_low=low,
             ref_high=high,
             flags=_flags(obs),
             stale=when < stale_before,
             confounded_by=confounding_dose(when, doses, config.ivig_confounding_months) if doses else None,
+            at=at,
         ))
-    out.sort(key=lambda v: v.when)
+    out.sort(key=lambda v: (v.when, v.at.timestamp() if v.at is not None else 0.0))
     return out
+
+
+def _is_high(value: LabValue) -> bool:
+    """Above the lab's upper limit, or flagged high: what a card calls "high", never "normal"."""
+    if value.ref_high is not None and value.measured.comparator is None:
+        return value.measured.value > value.ref_high
+    return bool(value.flags & HIGH_FLAGS)
 
 
 def _level(value: LabValue, threshold: float, child: bool, age_known: bool,
            use_range_for_adults: bool = False) -> tuple[Level, str]:
     """Low or not, and why: adults by threshold; children by the lab's range, else its L/N flag."""
+    high = _is_high(value)
     if child or use_range_for_adults or not age_known:
         if value.ref_low is not None:
             below = value.measured.certainly_below(value.ref_low)
             if below is None:
                 return Level.UNKNOWN, f"reported as {value.measured.display(value.unit)}: cannot tell against the lab's lower limit {value.ref_low:g} {value.unit}"
-            rng = f"{value.ref_low:g}–{value.ref_high:g}" if value.ref_high is not None else f">= {value.ref_low:g}"
-            return (Level.LOW, f"below the lab's range {rng} {value.unit}") if below else (Level.NORMAL, f"within or above the lab's range {rng} {value.unit}")
+            rng = f"{value.ref_low:g}–{value.ref_high:g}" if value.ref_high is not None else f"≥ {value.ref_low:g}"
+            if below:
+                return Level.LOW, f"below the lab's range {rng} {value.unit}"
+            return Level.NORMAL, (f"high: above the lab's range {rng} {value.unit}" if high
+                                  else f"within the lab's range {rng} {value.unit}")
         if value.flags & LOW_FLAGS:
             return Level.LOW, "flagged low by the lab"
         if value.flags & NORMAL_FLAGS:
-            return Level.NORMAL, "flagged normal/high by the lab"
+            return Level.NORMAL, "flagged high by the lab" if high else "flagged normal by the lab"
         if child:
             return Level.UNKNOWN, "child without an age-specific reference range or lab flag"
     below = value.measured.certainly_below(threshold)
     if below is None:
         return Level.UNKNOWN, f"reported as {value.measured.display(value.unit)}: cannot tell against {threshold:g} {value.unit}"
-    return (Level.LOW, f"below {threshold:g} {value.unit}") if below else (Level.NORMAL, f"not below {threshold:g} {value.unit}")
+    if below:
+        return Level.LOW, f"below {threshold:g} {value.unit}"
+    if high:
+        limit = f" {value.ref_high:g} {value.unit}" if value.ref_high is not None else ""
+        return Level.NORMAL, f"high: above the lab's upper limit{limit}"
+    return Level.NORMAL, f"not below {threshold:g} {value.unit}"
 
 
 def _analyte(name: str, values: list[LabValue], threshold: float, facts_age: float | None, config: GuidelineConfig,
@@ -545,35 +713,46 @@ def _analyte(name: str, values: list[LabValue], threshold: float, facts_age: flo
     status = "ok" if level is not Level.UNKNOWN else "indeterminate"
     if status == "indeterminate":
         problems.append(f"{name} {deciding.show()}: {basis}")
-    return Analyte(name, tuple(values), deciding, level, basis, status, tuple(problems))
+    return Analyte(name, tuple(values), deciding, level, basis, status, tuple(problems),
+                   high=level is Level.NORMAL and _is_high(deciding))
 
 
 # ------------------------------------------------------------------ pneumococcal response
 
 
 def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, problems: list[str]) -> list[Titer]:
+    """Usable serotype titers; what is not usable is said once per draw and reason, not per serotype."""
     out: list[Titer] = []
+    unusable: dict[tuple[date | None, str], list[str]] = {}
     for obs in read.observations("titer"):
-        status = _code_of(obs.status)
-        if status not in FINAL_STATUSES:
-            continue
         serotype = read.serotype(obs)
-        when = observation_date(obs)
-        if serotype is None or when is None or when > today:
-            if serotype is None and when is not None and obs.valueQuantity is not None:
-                problems.append(f"pneumococcal result of {fmt_date(when)} names no PPSV23 serotype — not used")
+        own: list[str] = []
+        readable = _readable_result(obs, "pneumococcal titer", today, own)
+        if readable is None:
+            when = observation_date(obs)
+            for line in own:
+                unusable.setdefault((when, line.split(": ", 1)[-1].removesuffix(" — not used")), []).append(serotype or "?")
             continue
-        q = _quantity(obs)
-        if q is None:
+        when, _at, (comparator, value, unit) = readable
+        if serotype is None:
+            unusable.setdefault((when, "names no PPSV23 serotype"), []).append("?")
             continue
-        comparator, value, unit = q
         normalised = to_ug_ml(value, unit)
         if normalised is None:
-            problems.append(f"pneumococcal titer (serotype {serotype}, {fmt_date(when)}) has unit "
-                            f"'{unit or 'none'}', which is not known — treated as missing")
+            unusable.setdefault((when, f"unit '{unit or 'none'}' is not known (not guessed)"), []).append(serotype)
+            continue
+        if not 0 <= normalised <= config.titer_plausible_max_ug_ml:
+            unusable.setdefault((when, f"{_shown(value, unit)} is not a possible value (plausible 0–"
+                                       f"{config.titer_plausible_max_ug_ml:g} ug/mL)"), []).append(serotype)
             continue
         out.append(Titer(serotype, Measured(normalised, comparator), when, _label(obs, read),
                          confounding_dose(when, doses, config.ivig_confounding_months) if doses else None))
+    for (when, why), serotypes in unusable.items():
+        named = [s for s in dict.fromkeys(serotypes) if s != "?"]
+        which = (f"{len(named)} serotypes" if len(named) > 4 else
+                 f"serotype{'s' if len(named) > 1 else ''} {', '.join(named)}" if named else "")
+        line = _unused("pneumococcal titer" + ("s" if len(serotypes) > 1 else ""), when, why)
+        problems.append(line.replace(":", f" ({which}):", 1) if which else line)
     return out
 
 
@@ -582,7 +761,10 @@ def _latest_per_serotype(titers: Iterable[Titer]) -> tuple[Titer, ...]:
     for t in titers:
         if t.serotype not in best or t.when > best[t.serotype].when:
             best[t.serotype] = t
-    return tuple(sorted(best.values(), key=lambda t: vs.PPSV23_SEROTYPES.index(t.serotype)))
+    return tuple(sorted(best.values(), key=lambda t: _SEROTYPE_ORDER[t.serotype]))
+
+
+_SEROTYPE_ORDER = {serotype: i for i, serotype in enumerate(vs.PPSV23_SEROTYPES)}
 
 
 def _ppsv23_dates(read: ReadResult, today: date) -> list[date]:
@@ -665,6 +847,21 @@ def _condition_date(cond: Any) -> date | None:
     return None
 
 
+_ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+_ABATEMENT_FIELDS = ("abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString")
+
+
+def _condition_active(cond: Any, onset: date, today: date, config: GuidelineConfig) -> bool:
+    """Still going on: active (recurrence, relapse) and not abated; without a clinical status, a
+    recent onset (an infection recorded days ago, not said to be resolved, is treated as active)."""
+    if any(getattr(cond, name, None) is not None for name in _ABATEMENT_FIELDS):
+        return False
+    status = _code_of(cond.clinicalStatus)
+    if status is None:
+        return (today - onset).days <= config.active_infection_days
+    return status in _ACTIVE_CLINICAL
+
+
 def _is_infection(concept: Any) -> tuple[bool, bool, bool, bool]:
     """(infection, severe, life-threatening, encapsulated) from codes and text."""
     severe = concept_in(concept, vs.SEVERE_INFECTIONS)
@@ -734,7 +931,8 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
         if infection and inpatient:
             concept, (_, severe, life, encapsulated) = infection[0]
             events.append(Infection(start, concept_label(concept), True, life or icu,
-                                    any(f[3] for _, f in infection), True, (_label(enc, read),)))
+                                    any(f[3] for _, f in infection), True, (_label(enc, read),),
+                                    active=_code_of(enc.status) in ("in-progress", "arrived", "triaged")))
     for cond in read.of("Condition"):
         verification = _code_of(cond.verificationStatus)
         if verification in ("refuted", "entered-in-error"):
@@ -751,14 +949,13 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
             hospitalised = True
             life = life or hospital_encounters[enc_ref][1]
         events.append(Infection(when, concept_label(cond.code), severe or hospitalised, life, encapsulated,
-                                hospitalised, (_label(cond, read),)))
+                                hospitalised, (_label(cond, read),), active=_condition_active(cond, when, today, config)))
     episodes = _merge(events, config.infection_episode_merge_days)
     missing_keys = [k for k in ("conditions", "encounters") if k in unavailable]
     clinical_dates = list(clinical_dates)
     known = any(window_start <= d <= today for d in clinical_dates) or bool(episodes)
     if missing_keys and not episodes:
-        known = False
-        problems.append("infection history unavailable (" + "; ".join(f"{k}: {unavailable[k]}" for k in missing_keys) + ")")
+        known = False  # which keys, and why, is said with the other unavailable data (unavailable_lines)
     elif not known:
         problems.append(f"no clinical data in the last {config.infection_window_months} months: infection history unknown")
     return InfectionHistory(known, window_start, tuple(episodes), tuple(problems))
@@ -780,6 +977,7 @@ def _merge(events: list[Infection], merge_days: int) -> list[Infection]:
             encapsulated=last.encapsulated or ev.encapsulated,
             hospitalised=last.hospitalised or ev.hospitalised,
             sources=last.sources + ev.sources,
+            active=last.active or ev.active,
         )
     return merged
 
@@ -802,13 +1000,18 @@ def _subsets(read: ReadResult, today: date, config: GuidelineConfig) -> frozense
 REQUIRED_SUBSETS = ("CD19", "CD4", "CD8")
 
 
-def _weight(read: ReadResult, today: date, config: GuidelineConfig, problems: list[str]) -> LabValue | None:
-    values = _lab_values(read, "weight", today, config, (), problems, convert=to_kg, unit="kg")
+def _weight(read: ReadResult, today: date, config: GuidelineConfig, problems: list[str],
+            age: float | None) -> LabValue | None:
+    adult = age is not None and age >= config.adult_age_years
+    low = config.adult_weight_plausible_min_kg if adult else config.weight_plausible_min_kg
+    values = _lab_values(read, "weight", today, config, (), problems, convert=to_kg, unit="kg",
+                         plausible=(low, config.weight_plausible_max_kg))
     if not values:
         return None
     latest = values[-1]
     if latest.when < add_months(today, -config.weight_stale_months):
-        problems.append(f"latest body weight {latest.show()} is older than {config.weight_stale_months} months — not used")
+        problems.append(_unused("Body weight", latest.when, f"{latest.measured.display('kg')} is older than "
+                                                           f"{config.weight_stale_months} months"))
         return None
     return latest
 
@@ -825,6 +1028,63 @@ def _diagnoses(read: ReadResult, today: date) -> tuple[str | None, tuple[str, ..
         if clinical in (None, "active", "recurrence", "relapse") and concept_in(cond.code, vs.OTHER_IVIG_INDICATIONS):
             other.append(concept_label(cond.code))
     return hyper, tuple(dict.fromkeys(other))
+
+
+def _before(level: LabValue, dose: IvigDose) -> bool:
+    """Drawn before an infusion given the same day: by the clock when both times are known, else
+    assumed (a level on an infusion day is its trough unless the record says it came after)."""
+    if level.at is None or dose.at is None:
+        return True
+    try:
+        return level.at < dose.at
+    except TypeError:  # one time with a zone, one without: cannot compare, assume before
+        return True
+
+
+def treatment_levels(igg: Iterable[LabValue], ivig: IvigHistory, config: GuidelineConfig) -> tuple[TreatmentLevel, ...]:
+    """Every IgG since treatment started, as a trough or a mid-interval level (criteria: the trough
+    is measured immediately before an infusion).
+
+    A level is the trough of an infusion given the same day (drawn before it, or at an unknown
+    time) or up to ``trough_max_days_before_infusion`` days later. After the last infusion on record
+    it is the trough of the next one once that is due (the patient's usual interval less that
+    margin). Otherwise it was drawn days after an infusion: a mid-interval level. On SCIG levels are
+    steady: every level counts. Without any infusion on record (only orders or statements) there is
+    nothing to tell them apart by, and every level counts as a trough.
+    """
+    first = ivig.first_dose
+    if first is None:
+        return ()
+    infusions = [d for d in ivig.doses if d.infusion]
+    margin = config.trough_max_days_before_infusion
+    due_after = ivig.usual_interval_days(7 * config.interval_min_weeks) - margin
+    out: list[TreatmentLevel] = []
+    for level in igg:
+        if level.when < first:
+            continue
+        if ivig.subcutaneous:
+            out.append(TreatmentLevel(level, LevelTiming.STEADY_STATE))
+            continue
+        if not infusions:
+            out.append(TreatmentLevel(level, LevelTiming.TROUGH))
+            continue
+        same_day = next((d for d in infusions if d.when == level.when), None)
+        if same_day is not None:
+            timing = LevelTiming.TROUGH if _before(level, same_day) else LevelTiming.MID_INTERVAL
+            out.append(TreatmentLevel(level, timing, same_day.when))
+            continue
+        following = next((d for d in infusions if d.when > level.when), None)
+        if following is not None and (following.when - level.when).days <= margin:
+            out.append(TreatmentLevel(level, LevelTiming.TROUGH, following.when))
+            continue
+        preceding = next((d for d in reversed(infusions) if d.when < level.when), None)
+        if preceding is None:  # before the first infusion on record: the baseline of treatment
+            out.append(TreatmentLevel(level, LevelTiming.TROUGH, following.when if following else None))
+        elif following is None and (level.when - preceding.when).days >= due_after:
+            out.append(TreatmentLevel(level, LevelTiming.TROUGH))
+        else:
+            out.append(TreatmentLevel(level, LevelTiming.MID_INTERVAL, preceding.when))
+    return tuple(out)
 
 
 def extract_facts(read: ReadResult, today: date, config: GuidelineConfig, *,
@@ -851,21 +1111,18 @@ def extract_facts(read: ReadResult, today: date, config: GuidelineConfig, *,
     igm = _analyte("IgM", igm_vals, config.igm_low_mg_dl, age, config, ivig, igm_p)
     igg = _analyte("IgG", igg_vals, config.igg_deficient_mg_dl, age, config, ivig, igg_p)
     iga = _analyte("IgA", iga_vals, config.iga_low_mg_dl, age, config, ivig, iga_p, range_for_adults=True)
-    trough = None
-    if ivig.on_treatment and ivig.first_dose is not None:
-        after = [v for v in igg_vals if v.when >= ivig.first_dose]
-        trough = after[-1] if after else None
+    levels = treatment_levels(igg_vals, ivig, config) if ivig.on_treatment else ()
+    troughs = [lv.value for lv in levels if lv.timing is not LevelTiming.MID_INTERVAL]
+    trough = troughs[-1] if troughs else None
     pneumo = extract_pneumococcal(read, today, config, birth, ivig.doses)
     anchor = ivig.first_dose if ivig.on_treatment else None
     infections = extract_infections(read, today, config, clinical_dates, unavailable, anchor)
     subsets = _subsets(read, today, config)
-    weight = _weight(read, today, config, problems)
+    weight = _weight(read, today, config, problems, age)
     hyper, other = _diagnoses(read, today)
     if not patients and "patient" not in unavailable:
         problems.append("no Patient resource: age unknown, adult thresholds used where the lab gives no range")
-    for key, reason in unavailable.items():
-        if key not in ("conditions", "encounters"):
-            problems.append(f"{key}: {reason}")
+    problems += read_problems(read) + unavailable_lines(unavailable)
     return Facts(
         today=today,
         birth_date=birth,
@@ -877,15 +1134,51 @@ def extract_facts(read: ReadResult, today: date, config: GuidelineConfig, *,
         infections=infections,
         ivig=ivig,
         trough=trough,
+        treatment_levels=levels,
         weight=weight,
         lymphocyte_subsets=subsets,
         lymphocyte_subsets_missing=tuple(s for s in REQUIRED_SUBSETS if s not in subsets),
         hyper_igm_diagnosis=hyper,
         other_indications=other,
-        data_problems=tuple(problems + [*read_problems(read)]),
+        data_problems=tuple(problems),
         unavailable=unavailable,
     )
 
 
+#: what the prefetch keys hold, in words (a card never names a key)
+PREFETCH_WORDS = {
+    "patient": "the patient's demographics", "immunoglobulins": "immunoglobulin results",
+    "pneumococcalTiters": "pneumococcal titers", "weight": "body weight", "conditions": "diagnoses",
+    "encounters": "encounters", "immunizations": "immunizations", "medicationRequests": "medication orders",
+    "medicationAdministrations": "medication administrations", "procedures": "procedures",
+}
+
+
+def _words(key: str) -> str:
+    return PREFETCH_WORDS.get(key) or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", key).lower()
+
+
+def _listed(items: list[str], at_most: int = 4) -> str:
+    shown = ", ".join(items[:at_most])
+    return shown + (f" and {len(items) - at_most} more" if len(items) > at_most else "")
+
+
+def unavailable_lines(unavailable: Mapping[str, str]) -> list[str]:
+    """One line per reason: 'Diagnoses, encounters could not be read from the EHR (the FHIR server timed out)'."""
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in unavailable.items():
+        by_reason.setdefault(reason, []).append(_words(key))
+    lines = []
+    for reason, what in by_reason.items():
+        text = _listed(what, at_most=6)
+        lines.append(f"{text[:1].upper() + text[1:]} could not be read from the EHR ({reason})")
+    return lines
+
+
 def read_problems(read: ReadResult) -> list[str]:
-    return [f"{s.resource}: {s.reason}" for s in read.skipped]
+    """Every resource that could not be read, named — one line per reason, so that a record with many
+    bad entries still fits the card: 'Observation/bad-1, Observation/bad-2: not valid FHIR R4 ... — not used'."""
+    by_reason: dict[str, list[str]] = {}
+    for skipped in read.skipped:
+        by_reason.setdefault(skipped.reason, []).append(skipped.resource)
+    return [f"{_listed(resources)}: {reason} — not used" for reason, resources in by_reason.items()]

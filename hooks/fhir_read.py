@@ -1,65 +1,44 @@
 """From whatever the EHR sent to validated FHIR R4 resources, or a stated reason for skipping.
 
-The only importer of ``fhir.resources.R4B``. Real payloads are imperfect, so reading is
-lenient in a bounded, reported way:
+Real payloads are imperfect, so reading is lenient in a bounded, reported way:
 
 * prefetch is a bag: every resource in every value (Bundles, nested Bundles, single
   resources), plus the draft orders and resources the service fetched, de-duplicated;
+* what is not a resource at all (an empty or non-object Bundle entry, an entry without a
+  resource, an object without a FHIR ``resourceType``) is skipped with the reason; resources of
+  FHIR types the rules do not read (Practitioner, Organization ...) are passed over in silence;
 * STU3/DSTU2 shapes of the elements the rules use are adapted (MedicationOrder, ``patient``,
   ``periodUnits``, ``doseQuantity`` outside ``doseAndRate``, string statuses, ``date``);
 * ids such as ``Patient/x`` are cut to ``x``;
-* a field the rules do not use that fails validation is dropped and the resource kept;
-  a resource whose essential fields fail is skipped with the reason;
+* an element that fails validation and that the rules can do without is dropped and the resource
+  kept (so is an element FHIR does not define); a resource whose essential elements fail is
+  skipped with the reason;
 * a resource that names another patient is skipped.
 
-Only resources the rules can use are validated at all (raw filtering first: validating every
-Observation of a large record costs far more than the rest of the request), and validated
-models are cached by content hash, because EHRs send the same record again and again.
+Resources are selected on the parsed JSON first (type, codes, text), and only those the rules
+can use are built into models (hooks/fhir_models.py): a long-standing patient's record is mostly
+labs, visits and diagnoses the guideline never reads. Built models can be kept by the resource's
+content (``MODEL_CACHE``, ``models_cached_in``), so that a chart sent again is not validated again.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.encounter import Encounter
-from fhir.resources.R4B.immunization import Immunization
-from fhir.resources.R4B.medication import Medication
-from fhir.resources.R4B.medicationadministration import MedicationAdministration
-from fhir.resources.R4B.medicationdispense import MedicationDispense
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.medicationstatement import MedicationStatement
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.procedure import Procedure
-from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from hooks import valuesets as vs
-from hooks.classify import classify_observation, serotype_of
-from hooks.lru import BoundedLRU
-
-MODELS = {
-    "Patient": Patient,
-    "Observation": Observation,
-    "Condition": Condition,
-    "Encounter": Encounter,
-    "Immunization": Immunization,
-    "MedicationRequest": MedicationRequest,
-    "MedicationAdministration": MedicationAdministration,
-    "MedicationStatement": MedicationStatement,
-    "MedicationDispense": MedicationDispense,
-    "Procedure": Procedure,
-    "Medication": Medication,
-    "ServiceRequest": ServiceRequest,
-}
+from hooks.classify import classify_observation, names_immune_globulin, serotype_of
+from hooks.dates import as_date
+from hooks.fhir_models import MODELS, RESOURCE_TYPES, Resource, unknown_elements
+from hooks.lru import BoundedLRU, by_term
 
 #: Fields whose failure makes a resource unusable; any other failing field is dropped.
 ESSENTIAL: dict[str, frozenset[str]] = {
@@ -85,13 +64,15 @@ ESSENTIAL: dict[str, frozenset[str]] = {
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SUBJECT_FIELDS = ("subject", "patient")
+#: Bundles nest at most this deep (a Bundle in a Bundle entry in a prefetch list ...).
+_MAX_DEPTH = 6
 
 
 @dataclass(frozen=True)
 class Skipped:
     """A resource (or part of one) the rules could not use, and why. No patient data in it."""
 
-    resource: str  # "Observation/abc" or "Observation (no id)"
+    resource: str  # "Observation/abc", "Observation (no id)" or "Bundle entry 3"
     reason: str
 
 
@@ -106,8 +87,6 @@ class ReadResult:
     labels: dict[int, str] = field(default_factory=dict)
     #: clinical dates of every resource read (relevant or not), for "is there data in the window"
     clinical_dates: list[date] = field(default_factory=list)
-    #: the serials of every resource read, in order: identifies the record exactly (see Ingest.serial)
-    serials: list[int] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[Skipped] = field(default_factory=list)
 
@@ -132,31 +111,55 @@ class ReadResult:
 # ------------------------------------------------------------------ collecting
 
 
-def iter_resources(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """Every resource in a prefetch value: a resource, a Bundle (entries, nested Bundles), a list."""
-    if depth > 6:
+def _collect(value: Any, out: list[dict[str, Any]], problems: list[Skipped] | None, depth: int = 0,
+             where: str = "prefetch value") -> None:
+    """Every object with a ``resourceType`` in ``value``, in order, into ``out``; what is not a
+    resource goes to ``problems``. (A list, not a generator: a large record's thousand entries
+    would each pass through every level's generator.)"""
+    if depth > _MAX_DEPTH:
         return
     if isinstance(value, list):
         for item in value:
-            yield from iter_resources(item, depth + 1)
+            _collect(item, out, problems, depth + 1, where)
         return
     if not isinstance(value, dict):
+        if value is not None and problems is not None:  # None: a prefetch the EHR could not fill
+            problems.append(Skipped(where, "not a FHIR resource"))
         return
     rtype = value.get("resourceType")
     if rtype == "Bundle":
-        entries = value.get("entry")
-        if isinstance(entries, list):
-            for entry in entries:
-                if isinstance(entry, dict):
-                    resource = entry.get("resource")
-                    if isinstance(resource, dict) and resource.get("resourceType") != "Bundle":
-                        if isinstance(resource.get("resourceType"), str):
-                            yield resource
-                    else:
-                        yield from iter_resources(resource, depth + 1)
+        _entries(value, out, problems, depth)
+    elif isinstance(rtype, str):
+        out.append(value)
+    elif problems is not None:
+        problems.append(Skipped(where, "no resourceType: not a FHIR resource"))
+
+
+def _entries(bundle: dict[str, Any], out: list[dict[str, Any]], problems: list[Skipped] | None, depth: int) -> None:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        if entries is not None and problems is not None:
+            problems.append(Skipped(_label(bundle), "its entries are not a list"))
         return
-    if isinstance(rtype, str):
-        yield value
+    append = out.append
+    for number, entry in enumerate(entries, 1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(rtype, str) and rtype != "Bundle":
+            append(resource)
+        elif isinstance(resource, (dict, list)):
+            _collect(resource, out, problems, depth + 1, f"Bundle entry {number}")
+        elif problems is not None:
+            reason = ("empty" if entry is None else "no resource in it" if isinstance(entry, dict)
+                      else "not a Bundle entry")
+            problems.append(Skipped(f"Bundle entry {number}", reason))
+
+
+def iter_resources(value: Any) -> Iterator[dict[str, Any]]:
+    """Every resource in a prefetch value: a resource, a Bundle (entries, nested Bundles), a list."""
+    out: list[dict[str, Any]] = []
+    _collect(value, out, None)
+    return iter(out)
 
 
 def bare_id(reference: Any) -> str | None:
@@ -192,61 +195,126 @@ def _texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 _OBS_LOINC = (vs.LOINC_IGG | vs.LOINC_IGM | vs.LOINC_IGA | vs.LOINC_IGG_SUBCLASSES | vs.LOINC_LYMPHOCYTE_SUBSETS
-              | vs.LOINC_BODY_WEIGHT)
+              | vs.LOINC_BODY_WEIGHT | vs.LOINC_PNEUMOCOCCAL_SEROTYPES)
 _OBS_TEXT = re.compile(
     r"\big[gma]\b|immunoglobulin|pneumo|cd\s?19|cd\s?4\b|cd\s?8\b|memory\s*b|weight", re.IGNORECASE)
-
-
-def observation_may_matter(raw: Mapping[str, Any]) -> bool:
-    texts, codes = _texts_and_codes(raw.get("code"))
-    if any(code in _OBS_LOINC for _, code in codes):
-        return True
-    return any(_OBS_TEXT.search(t) for t in texts)
-
-
 _CONDITION_SETS = (vs.SEVERE_INFECTIONS, vs.LIFE_THREATENING_INFECTIONS, vs.ENCAPSULATED_ORGANISM_INFECTIONS,
                    vs.MINOR_INFECTIONS, vs.IMMUNODEFICIENCY, vs.OTHER_IVIG_INDICATIONS)
 
+@by_term
+def _observation_text(text: str) -> bool:
+    return _OBS_TEXT.search(text) is not None
 
-def concept_matches(concept: Any, *valuesets: vs.ValueSet) -> bool:
+
+@by_term
+def _condition_coding(system: str, code: str) -> bool:
+    return any(vs.coding_in(valueset, system, code) for valueset in _CONDITION_SETS)
+
+
+@by_term
+def _condition_text(text: str) -> bool:
+    return any(vs.text_in(valueset, text) for valueset in _CONDITION_SETS)
+
+
+@by_term
+def _immune_globulin_coding(system: str, code: str) -> bool:
+    return vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, system, code)
+
+
+@by_term
+def _ivig_procedure_text(text: str) -> bool:
+    return vs.TEXT_IVIG_PROCEDURE.search(text) is not None
+
+
+def _concept_matches(concept: Any, coding: Callable[[str, str], bool] | None, text: Callable[[str], bool]) -> bool:
     texts, codes = _texts_and_codes(concept)
-    for valueset in valuesets:
-        if any(vs.coding_in(valueset, system, code) for system, code in codes):
-            return True
-        if any(vs.text_in(valueset, t) for t in texts):
-            return True
-    return False
+    return (coding is not None and any(coding(s, c) for s, c in codes)) or any(text(t) for t in texts)
+
+
+def observation_may_matter(raw: Mapping[str, Any]) -> bool:
+    """An Ig, titer, lymphocyte subset or weight by LOINC (any system) or by name. Most of a long
+    record is Observations, so this reads the codings in place rather than through lists."""
+    concept = raw.get("code")
+    if not isinstance(concept, dict):
+        return False
+    codings = concept.get("coding")
+    if isinstance(codings, list):
+        for coding in codings:
+            if isinstance(coding, dict) and isinstance(code := coding.get("code"), str) and code in _OBS_LOINC:
+                return True
+        for coding in codings:
+            if isinstance(coding, dict) and isinstance(display := coding.get("display"), str) \
+                    and _observation_text(display):
+                return True
+    text = concept.get("text")
+    return isinstance(text, str) and _observation_text(text)
 
 
 def condition_may_matter(raw: Mapping[str, Any]) -> bool:
-    return concept_matches(raw.get("code"), *_CONDITION_SETS)
-
-
-def _medication_concept_may_matter(concept: Any) -> bool:
-    texts, codes = _texts_and_codes(concept)
-    if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes):
-        return True
-    return any(vs.TEXT_IMMUNE_GLOBULIN.search(t) for t in texts)
+    return _concept_matches(raw.get("code"), _condition_coding, _condition_text)
 
 
 def medication_use_may_matter(raw: Mapping[str, Any]) -> bool:
     """Immune globulin by code/text, or a reference to a Medication we must look at."""
-    if _medication_concept_may_matter(raw.get("medicationCodeableConcept")):
-        return True
-    return isinstance(raw.get("medicationReference"), dict)
+    return (_concept_matches(raw.get("medicationCodeableConcept"), _immune_globulin_coding, names_immune_globulin)
+            or isinstance(raw.get("medicationReference"), dict))
 
 
 def procedure_may_matter(raw: Mapping[str, Any]) -> bool:
-    texts, _ = _texts_and_codes(raw.get("code"))
-    return any(vs.TEXT_IVIG_PROCEDURE.search(t) for t in texts)
+    return _concept_matches(raw.get("code"), None, _ivig_procedure_text)
+
+
+@by_term
+def _hospital_text(text: str) -> bool:
+    return vs.TEXT_INPATIENT.search(text) is not None or vs.TEXT_INTENSIVE_CARE.search(text) is not None
+
+
+def _intensive_care_coding(system: str, code: str) -> bool:
+    return code in vs.SNOMED_INTENSIVE_CARE
+
+
+def encounter_may_matter(raw: Mapping[str, Any]) -> bool:
+    """An admission: the infection history reads only encounters that may be inpatient or
+    intensive care (hooks/facts.py ``_encounter_flags``), by class, type, service type or ward.
+    An office visit is none of these; it still dates the record (``clinical_dates``)."""
+    cls = raw.get("class")
+    terms = [cls] if isinstance(cls, str) else [cls.get("code"), cls.get("display")] if isinstance(cls, dict) else []
+    if any(isinstance(t, str) and (t in vs.INPATIENT_CLASSES or _hospital_text(t)) for t in terms):
+        return True
+    types = raw.get("type")
+    for concept in [*(types if isinstance(types, list) else ()), raw.get("serviceType")]:
+        if _concept_matches(concept, _intensive_care_coding, _hospital_text):
+            return True
+    locations = raw.get("location")
+    for location in locations if isinstance(locations, list) else ():
+        place = location.get("location") if isinstance(location, dict) else None
+        if isinstance(place, dict) and isinstance(place.get("display"), str) and _hospital_text(place["display"]):
+            return True
+    return False
+
+
+@by_term
+def _ppsv23_coding(system: str, code: str) -> bool:
+    return code in vs.CVX_PPSV23
+
+
+@by_term
+def _ppsv23_text(text: str) -> bool:
+    return vs.text_in(vs.VACCINES, text)
+
+
+def immunization_may_matter(raw: Mapping[str, Any]) -> bool:
+    """PPSV23, by CVX code or name: the only vaccination the guideline reads (the pneumococcal
+    challenge, hooks/facts.py ``_ppsv23_dates``)."""
+    return _concept_matches(raw.get("vaccineCode"), _ppsv23_coding, _ppsv23_text)
 
 
 RELEVANT = {
     "Patient": lambda raw: True,
     "Observation": observation_may_matter,
     "Condition": condition_may_matter,
-    "Encounter": lambda raw: True,
-    "Immunization": lambda raw: True,
+    "Encounter": encounter_may_matter,
+    "Immunization": immunization_may_matter,
     "MedicationRequest": medication_use_may_matter,
     "MedicationAdministration": medication_use_may_matter,
     "MedicationStatement": medication_use_may_matter,
@@ -280,13 +348,24 @@ def _adapt_dosage(dosage: Any) -> Any:
         dosage["doseAndRate"] = [dose_and_rate]
     moved = {k: dosage.pop(k) for k in ("doseQuantity", "doseRange", "rateQuantity", "rateRatio") if k in dosage}
     if moved:
-        dosage.setdefault("doseAndRate", []).append(moved)
+        existing = dosage.get("doseAndRate")
+        dosage["doseAndRate"] = [*existing, moved] if isinstance(existing, list) else [moved] if existing is None \
+            else [existing, moved]
     return dosage
 
 
 def adapt_shape(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``raw`` in R4 shape where STU3/DSTU2 differ in elements the rules read."""
-    res = copy.deepcopy(dict(raw))
+    """``raw`` in R4 shape where STU3/DSTU2 differ in elements the rules read: a copy, or ``raw``
+    itself when nothing differs.
+
+    The copy is shallow: whatever is changed below a resource's top level (a dosage, its timing)
+    is copied where it is changed, so the request's own JSON is never altered.
+    """
+    if raw.get("resourceType") == "Observation" and "patient" not in raw:
+        rid = raw.get("id")
+        if not isinstance(rid, str) or ("/" not in rid and _ID.match(rid)):
+            return raw  # nothing to adapt, as for most of a record (validate copies before it changes one)
+    res = dict(raw)
     rtype = res.get("resourceType")
     if rtype == "MedicationOrder":  # DSTU2
         res["resourceType"] = rtype = "MedicationRequest"
@@ -354,12 +433,44 @@ def adapt_shape(raw: Mapping[str, Any]) -> dict[str, Any]:
     return res
 
 
-# ------------------------------------------------------------------ validation with a cache
+# ------------------------------------------------------------------ validation, cached by content
 
 
-#: Ingested resources by their serialised form. A validated model with its key costs ~12 KB, so
-#: the default 4 000 entries is ~50 MB per worker; the service sets the bound from its settings.
-MODEL_CACHE: BoundedLRU[bytes, "Ingest"] = BoundedLRU(capacity=4000)
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """What one resource the rules can use reads as: the same for every request that sends it."""
+
+    model: Resource | None
+    #: elements dropped to read it (unreadable, or not FHIR)
+    dropped: tuple[str, ...] = ()
+    #: why it could not be read (``model`` is None)
+    reason: str | None = None
+    #: for an Observation: what it measures (hooks/classify.py) and, for a titer, its serotype
+    kind: str | None = None
+    serotype: str | None = None
+
+
+#: Ingested resources by their serialised form, for readers without a cache of their own
+#: (``ivig-cds evaluate``, tests). The service gives each app its own (``models_cached_in``),
+#: sized by ``limits.resource_cache_entries``.
+MODEL_CACHE: BoundedLRU[bytes, Ingest] = BoundedLRU(capacity=4000)
+#: A resource larger than this, serialised, is skipped with the reason, never validated nor
+#: cached: reading one costs time and memory in proportion to its size, and no resource the rules
+#: read is near it in real records. The service sets it from ``limits.max_resource_bytes``.
+MAX_RESOURCE_BYTES = 64 * 1024
+_CACHE_IN_USE: ContextVar[BoundedLRU[bytes, Ingest]] = ContextVar("ivig_cds_model_cache", default=MODEL_CACHE)
+
+
+@contextmanager
+def models_cached_in(cache: BoundedLRU[bytes, Ingest]) -> Iterator[None]:
+    """Read through ``cache`` (in this thread or task) instead of ``MODEL_CACHE``."""
+    token = _CACHE_IN_USE.set(cache)
+    try:
+        yield
+    finally:
+        _CACHE_IN_USE.reset(token)
+
+
 _MAX_REPAIRS = 4
 
 
@@ -368,29 +479,65 @@ def _short_error(err: Mapping[str, Any]) -> str:
     return f"{loc or 'resource'}: {str(err.get('msg', 'invalid'))[:80]}"
 
 
-@dataclass(frozen=True, slots=True)
-class Ingest:
-    """Everything about one raw resource that does not depend on the request: computed once per
-    distinct resource and cached, so a resent record costs a serialisation and a lookup."""
+def ingest(raw: dict[str, Any]) -> Ingest:
+    """The validated model of one resource the rules can use, or the reason it cannot be read."""
+    # The serialised resource bounds the work (``MAX_RESOURCE_BYTES``) and, when a cache is kept, is
+    # its key: exact, and cheap beside validation. Key order is kept as sent: an EHR resends its
+    # resources byte-identical; a reordering just misses.
+    try:
+        key = orjson.dumps(raw)
+    except TypeError:  # e.g. an integer beyond 64 bits: slower, but exact
+        key = json.dumps(raw, default=repr).encode()
+    if len(key) > MAX_RESOURCE_BYTES:
+        return Ingest(None, reason=f"too large to read ({len(key) // 1024} KB; at most {MAX_RESOURCE_BYTES // 1024} KB)")
+    cache = _CACHE_IN_USE.get()
+    if cache.capacity == 0:
+        return _ingest(raw)
+    cached = cache.get(key)
+    if cached is None:
+        cached = _ingest(raw)
+        cache.put(key, cached)
+    return cached
 
-    #: never reused: a resource evicted and read again gets a new one (memo keys rely on it)
-    serial: int
-    rtype: str
-    relevant: bool
-    dedupe: tuple[str, str] | None
-    #: the Patient id the resource names as its subject (None: none, contained or urn)
-    subject: str | None
-    label: str
-    raw_id: str | None
-    clinical_date: "date | None"
-    model: Any | None = None
-    dropped: tuple[str, ...] = ()
-    reason: str | None = None
-    kind: str | None = None
-    serotype: str | None = None
+
+def _ingest(raw: dict[str, Any]) -> Ingest:
+    model, dropped, reason = validate(raw)
+    kind = serotype = None
+    if model is not None and model.get_resource_type() == "Observation":
+        kind = classify_observation(model)
+        serotype = serotype_of(model) if kind == "titer" else None
+    return Ingest(model, dropped, reason, kind, serotype)
+
+
+def validate(raw: Mapping[str, Any]) -> tuple[Resource | None, tuple[str, ...], str | None]:
+    """(model, elements dropped, None) or (None, elements dropped, why it cannot be read)."""
+    data = adapt_shape(raw)
+    rtype = data.get("resourceType")
+    model = MODELS.get(rtype)  # type: ignore[arg-type]
+    if model is None:
+        return None, (), f"resource type {rtype} is not used"
+    essential = ESSENTIAL.get(rtype, frozenset())  # type: ignore[arg-type]
+    dropped = unknown_elements(data)
+    for _ in range(_MAX_REPAIRS):
+        try:
+            return model.model_validate(data), tuple(dropped), None
+        except ValidationError as exc:
+            errors = exc.errors()
+            # a missing required element cannot be dropped; an essential one must not be
+            blocking = [e for e in errors if not e.get("loc") or e.get("type") == "missing"
+                        or str(e["loc"][0]) in essential]
+            if blocking:
+                return None, tuple(dropped), "not valid FHIR R4: " + "; ".join(_short_error(e) for e in blocking[:2])
+            if data is raw:
+                data = dict(raw)  # the request's own JSON is never altered
+            for name in {str(e["loc"][0]) for e in errors}:
+                data.pop(name, None)
+                dropped.append(name)
+    return None, tuple(dropped), "not valid FHIR R4 after dropping unreadable fields"
 
 
 def _subject_patient(raw: Mapping[str, Any]) -> str | None:
+    """The Patient id a resource names as its subject (None: none, contained or urn)."""
     if raw.get("resourceType") == "Patient":
         rid = raw.get("id")
         return bare_id(rid) if isinstance(rid, str) else None
@@ -406,115 +553,74 @@ def _subject_patient(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
-_SERIALS = itertools.count(1)
+# ------------------------------------------------------------------ reading
 
 
-def ingest(raw: dict[str, Any]) -> Ingest:
-    """The cached ingest of one raw resource (validated only when the rules can use it)."""
-    # The serialised resource itself is the key: exact (no hash collisions), and cheap. Key
-    # order is kept as sent: an EHR resends its resources byte-identical; a reordering just misses.
-    try:
-        key = orjson.dumps(raw)
-    except TypeError:  # e.g. an integer beyond 64 bits: slower, but exact
-        key = json.dumps(raw, default=repr).encode()
-    cached = MODEL_CACHE.get(key)
-    if cached is not None:
-        return cached
-    rtype = raw.get("resourceType")
-    rtype = "MedicationRequest" if rtype == "MedicationOrder" else str(rtype)
-    relevant_check = RELEVANT.get(rtype)
-    relevant = relevant_check is not None and bool(relevant_check(raw))
-    rid = raw.get("id")
-    base = dict(serial=next(_SERIALS), rtype=rtype, relevant=relevant, dedupe=_dedupe_key(raw), subject=_subject_patient(raw),
-                label=_label(raw), raw_id=rid if isinstance(rid, str) else None, clinical_date=_clinical_date(raw))
-    if not relevant:
-        result = Ingest(**base)
-    else:
-        model, dropped, reason = _validate_uncached(raw)
-        kind = serotype = None
-        if model is not None and model.get_resource_type() == "Observation":
-            kind = classify_observation(model)
-            serotype = serotype_of(model) if kind == "titer" else None
-        result = Ingest(**base, model=model, dropped=dropped, reason=reason, kind=kind, serotype=serotype)
-    MODEL_CACHE.put(key, result)
-    return result
-
-
-def _validate_uncached(raw: Mapping[str, Any]) -> tuple[Any | None, tuple[str, ...], str | None]:
-    data = adapt_shape(raw)
-    rtype = data.get("resourceType")
-    model = MODELS.get(rtype)  # type: ignore[arg-type]
-    if model is None:
-        return None, (), f"resource type {rtype} is not used"
-    essential = ESSENTIAL.get(rtype, frozenset())
-    dropped: list[str] = []
-    for _ in range(_MAX_REPAIRS):
-        try:
-            return model.model_validate(data), tuple(dropped), None
-        except ValidationError as exc:
-            errors = exc.errors()
-            fields = {str(e["loc"][0]) for e in errors if e.get("loc")}
-            blocking = [e for e in errors if not e.get("loc") or str(e["loc"][0]) in essential
-                        or str(e["loc"][0]) == "resourceType"]
-            if blocking:
-                return None, tuple(dropped), "not valid FHIR R4: " + "; ".join(_short_error(e) for e in blocking[:2])
-            for name in fields:
-                data.pop(name, None)
-                dropped.append(name)
-        except (TypeError, ValueError) as exc:  # pragma: no cover - pydantic wraps nearly everything
-            return None, tuple(dropped), f"not readable: {type(exc).__name__}"
-    return None, tuple(dropped), "not valid FHIR R4 after dropping unreadable fields"
-
-
-def _dedupe_key(raw: Mapping[str, Any]) -> tuple[str, str] | None:
-    rid = raw.get("id")
-    if isinstance(rid, str) and rid:
-        return (str(raw.get("resourceType")), bare_id(rid) or rid)
-    return None
-
-
-def read_resources(values: Iterable[Any], patient_id: str | None = None) -> ReadResult:
-    """Validate every usable resource found in ``values`` (prefetch values, Bundles, lists)."""
-    return read_raw(iter_resources(list(values)), patient_id)
+def read_resources(values: Iterable[Any], patient_id: str | None = None,
+                   drafts: Iterable[dict[str, Any]] = ()) -> ReadResult:
+    """Read every usable resource found in ``values`` (prefetch values, Bundles, lists) and the
+    already flat ``drafts``; what is not a resource at all is listed in ``skipped``."""
+    problems: list[Skipped] = []
+    resources: list[dict[str, Any]] = []
+    _collect(list(values), resources, problems)
+    resources.extend(drafts)
+    read = read_raw(resources, patient_id)
+    read.skipped[:0] = problems
+    return read
 
 
 def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None) -> ReadResult:
-    """Validate every usable resource of an already flattened list (see ``iter_resources``)."""
+    """Read every usable resource of an already flattened list (see ``iter_resources``)."""
     out = ReadResult()
     seen: set[tuple[str, str]] = set()
     for raw in resources:
-        item = ingest(raw)
-        out.serials.append(item.serial)
-        if item.clinical_date is not None:
-            out.clinical_dates.append(item.clinical_date)
-        if not item.relevant:
+        rtype = raw.get("resourceType")
+        if rtype not in RESOURCE_TYPES:
+            name = rtype[:40] if isinstance(rtype, str) else "resource"
+            out.skipped.append(Skipped(_label({**raw, "resourceType": name}), "not a FHIR resource type"))
             continue
-        if item.dedupe is not None:
-            if item.dedupe in seen:
+        when = _clinical_date(raw)
+        if when is not None:
+            out.clinical_dates.append(when)
+        rtype = "MedicationRequest" if rtype == "MedicationOrder" else rtype
+        relevant = RELEVANT.get(rtype)
+        if relevant is None or not relevant(raw):
+            continue
+        rid = raw.get("id")
+        bid = bare_id(rid) if isinstance(rid, str) and rid else None
+        if bid is not None:
+            dedupe = (raw["resourceType"], bid or rid)
+            if dedupe in seen:
                 continue
-            seen.add(item.dedupe)
-        if patient_id and item.subject is not None and item.subject != patient_id:
-            out.skipped.append(Skipped(item.label, "belongs to another patient than context.patientId"))
-            continue
+            seen.add(dedupe)
+        label = f"{raw['resourceType']}/{bid}" if bid is not None else f"{raw['resourceType']} (no id)"
+        if patient_id:
+            subject = _subject_patient(raw)
+            if subject is not None and subject != patient_id:
+                out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
+                continue
+        item = ingest(raw)
         model = item.model
         if model is None:
-            out.skipped.append(Skipped(item.label, item.reason or "not readable"))
+            out.skipped.append(Skipped(label, item.reason or "not readable"))
             continue
         if item.dropped:
-            out.notes.append(Skipped(item.label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
-        out.by_type.setdefault(item.rtype, []).append(model)
+            out.notes.append(Skipped(label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
+        out.by_type.setdefault(rtype, []).append(model)
         if item.kind is not None:
             out.by_kind.setdefault(item.kind, []).append(model)
             if item.serotype is not None:
                 out.serotypes[id(model)] = item.serotype
-        if item.raw_id is not None:
-            out.raw_ids[id(model)] = item.raw_id
-        out.labels[id(model)] = item.label
+        if isinstance(rid, str):
+            out.raw_ids[id(model)] = rid
+        out.labels[id(model)] = label
     return out
+
 
 _DATE_FIELDS = ("effectiveDateTime", "onsetDateTime", "recordedDate", "authoredOn", "occurrenceDateTime",
                 "performedDateTime", "issued", "dateWritten", "date", "whenHandedOver", "effectiveInstant")
 _PERIOD_FIELDS = ("period", "effectivePeriod", "onsetPeriod", "performedPeriod")
+_UNDATED = frozenset({"Patient", "Medication", "Practitioner", "Organization"})
 
 
 def _clinical_date(raw: Mapping[str, Any]) -> date | None:
@@ -524,20 +630,22 @@ def _clinical_date(raw: Mapping[str, Any]) -> date | None:
     "no infections" (data in the window, none an infection) from "infection history unknown" (no
     data in the window at all) — criteria.md, rule 6.
     """
-    from hooks.dates import as_date  # noqa: PLC0415
-
-    if raw.get("resourceType") in ("Patient", "Medication", "Practitioner", "Organization"):
+    if raw.get("resourceType") in _UNDATED:
         return None
     for name in _DATE_FIELDS:
         value = raw.get(name)
         if isinstance(value, str):
-            d = as_date(value)
+            d = _day(value)
             if d is not None:
                 return d
     for name in _PERIOD_FIELDS:
         period = raw.get(name)
         if isinstance(period, dict) and isinstance(period.get("start"), str):
-            d = as_date(period["start"])
+            d = _day(period["start"])
             if d is not None:
                 return d
     return None
+
+
+#: A record's results share their days (a panel of twenty labs, drawn at once).
+_day = by_term(as_date)

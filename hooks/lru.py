@@ -1,16 +1,16 @@
-"""A bounded, thread-safe least-recently-used map: the one shape of every cache on the hot path.
+"""The bounded caches of the hot path: one least-recently-used map, and a memo per term.
 
-The caches (validated resources in hooks/fhir_read.py, evaluations in hooks/engine.py, whole
-answers in service/answers.py) differ only in what they key on and hold; the bound and the
-locking are the same, so they live here once. Values are shared between threads and must never
-be mutated once stored.
+The maps (validated resources in hooks/fhir_read.py, whole answers in service/protocol/answers.py)
+differ only in what they key on and hold; the bound and the locking are the same, so they live
+here once. Values are shared between threads and must never be mutated once stored.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, NamedTuple, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -72,3 +72,43 @@ class BoundedLRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+#: How many terms each ``by_term`` function remembers, and how long a term may be to be remembered.
+TERMS = 4096
+TERM_CHARS = 200
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _TermsKept(NamedTuple):
+    currsize: int
+
+
+def by_term(func: F) -> F:
+    """Remember a pure function of terminology (a code, a lab's or a diagnosis's name) per term.
+
+    Records of different patients name the same tests and diagnoses ("Hemoglobin [Mass/volume]
+    in Blood", "J18.9"), so each term is matched against the value sets and patterns once, not
+    once per resource. Terms longer than ``TERM_CHARS`` in all are matched every time, and past
+    ``TERMS`` terms what is remembered starts again, so it stays small whatever callers send. A
+    plain dictionary: a hit is one lookup, which matters where every resource of a long record
+    asks (a lock-free read is safe under the GIL; a lost write only costs a match again).
+    """
+    remembered: dict[tuple[str, ...], Any] = {}
+
+    @functools.wraps(func)
+    def call(*terms: str) -> Any:
+        try:
+            return remembered[terms]
+        except KeyError:
+            pass
+        value = func(*terms)
+        if sum(map(len, terms)) <= TERM_CHARS:
+            if len(remembered) >= TERMS:
+                remembered.clear()
+            remembered[terms] = value
+        return value
+
+    call.cache_info = lambda: _TermsKept(len(remembered))  # type: ignore[attr-defined]
+    return call  # type: ignore[return-value]

@@ -7,6 +7,7 @@ another indication (ITP, Kawasaki, GBS, CIDP, myasthenia) are outside the guidel
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from hooks import data_needs
@@ -14,6 +15,7 @@ from hooks.assessment import Topic, Verdict
 from hooks.cards import (DOSE_OVERRIDE_REASONS, IMMUNOLOGY_REFERRAL, OVERRIDE_REASONS, CardContext, CardPlan,
                          create_action, delete_action, finalize, monitoring_plan, referral_suggestion, spec_of,
                          suggestion, workup_actions, workup_plan)
+from hooks.dosing import interval_words
 from hooks.engine import PatientEvaluation, evaluate_patient, is_other_indication
 from hooks.fhir_read import bare_id, iter_resources
 from hooks.orders import IvigOrder, draft_resources, may_be_immune_globulin, raw_medications, \
@@ -21,7 +23,7 @@ from hooks.orders import IvigOrder, draft_resources, may_be_immune_globulin, raw
 from hooks.patient_view import card_context
 from hooks.rules import OS
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
-from hooks.summaries import confounded_summary, indicated_summary, not_indicated_summary
+from hooks.summaries import confounded_summary, dose_summary, indicated_summary, not_indicated_summary
 
 RECHECK_RULES = frozenset({"isolated_igm_deficiency", "incidental_low_igm",
                            "antibody_deficiency_without_infection_criterion"})
@@ -40,6 +42,15 @@ INDICATOR = {
 }
 
 
+def order_line(order: IvigOrder) -> str:
+    """'Privigen 10% solution: 0.5 g/kg every 4 weeks' — the product and its dose as ordered."""
+    r = order.regimen
+    if not r.has_dose:
+        return order.product
+    how_often = r.course or (interval_words(r.every_days) if r.every_days is not None else "")
+    return f"{order.product}: {r.ordered} {how_often}".rstrip()
+
+
 def _not_indicated_plan(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardContext) -> CardPlan:
     outcome = ev.decision.outcome
     assert outcome is not None
@@ -47,7 +58,7 @@ def _not_indicated_plan(ev: PatientEvaluation, orders: list[IvigOrder], ctx: Car
     keys = list(outcome.missing_keys) or (list(ev.decision.gaps.missing_keys) if ev.decision.gaps else [])
     plan = CardPlan(Topic.IVIG_NOT_INDICATED, "warning", not_indicated_summary(outcome, ev.facts), [outcome],
                     advice_heading="Instead")
-    plan.extra_sections.append(("Orders checked", [f"{o.product} ({o.label})" for o in orders]))
+    plan.extra_sections.append(("Orders checked", [order_line(o) for o in orders]))
     creates = workup_actions(keys, ctx.patient_id)
     if outcome.rule == "recurrent_severe_infections_with_normal_workup":
         plan.suggestions.append(suggestion("Cancel the IVIG order and refer to clinical immunology",
@@ -90,7 +101,9 @@ def plans_for_orders(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardCo
             elif topic is Topic.LABS_CONFOUNDED_BY_IVIG:
                 plans.append(CardPlan(topic, "info", confounded_summary(outcome), [outcome]))
             elif topic is Topic.WORKUP_INCOMPLETE:
-                plans.append(workup_plan(outcome, ctx, indicator="warning", before_ivig=True, overridable=True))
+                # beside the "not indicated" card, which shows the facts: only what is missing, orderable
+                beside = replace(outcome, evidence=(), advice=(), thresholds=())
+                plans.append(workup_plan(beside, ctx, indicator="warning", before_ivig=True, overridable=True))
     if d.gaps is not None:
         plans.append(workup_plan(d.gaps, ctx, indicator="warning", before_ivig=True, overridable=True))
     if d.monitoring is not None:
@@ -100,11 +113,11 @@ def plans_for_orders(ev: PatientEvaluation, orders: list[IvigOrder], ctx: CardCo
         for finding in ev.order_findings.get(order.label, []):
             if finding.rule != "dose_outside_replacement_range":
                 continue
-            weight_only = "cannot be computed" in finding.conclusion and "outside" not in finding.conclusion
-            if weight_only and not (supports or established):
-                continue
-            plan = CardPlan(Topic.IVIG_DOSE_CHECK, "warning", f"IVIG dose check: {finding.conclusion}", [finding])
-            plan.extra_sections.append(("Order", [f"{order.product} ({order.label})"]))
+            unchecked = bool(finding.missing_keys)  # no weight, or a dose that is not a mass
+            if unchecked and not (supports or established):
+                continue  # the order is not supported anyway: its dose is beside the point
+            plan = CardPlan(Topic.IVIG_DOSE_CHECK, "warning", dose_summary(finding), [finding])
+            plan.extra_sections.append(("Order", [order.product]))
             plan.override_reasons = dict(DOSE_OVERRIDE_REASONS)
             plans.append(plan)
     return plans
@@ -120,13 +133,12 @@ def handle_orders(request: HookRequest, *, selections_only: bool) -> HookResult:
         [*request.prefetch.values(), *request.extra_resources, others],
         patient_id=bare_id(str(request.context.get("patientId", ""))),
         today=request.today, config=request.config, unavailable=request.unavailable, drafts=drafts)
-    trace = ev.trace()
     replacement = [o for o in ev.orders if not is_other_indication(ev, o)]
     if not replacement:
-        trace["reason"] = "no immune globulin order for replacement among the drafts"
-        return HookResult(trace=trace)
+        return HookResult(explain=lambda: {**ev.trace(),
+                                           "reason": "no immune globulin order for replacement among the drafts"})
     ctx = card_context(request, ev)
-    return HookResult(cards=finalize(plans_for_orders(ev, replacement, ctx), ctx), trace=trace)
+    return HookResult(cards=finalize(plans_for_orders(ev, replacement, ctx), ctx), explain=ev.trace)
 
 
 def handle(request: HookRequest) -> HookResult:

@@ -8,7 +8,6 @@ other than draft are accepted (EHRs differ); cancelled/entered-in-error orders a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -18,13 +17,12 @@ from hooks.config import GuidelineConfig
 from hooks.facts import (Facts, _code_of, _label, _medication_concepts, concept_in, concept_label,
                          is_immune_globulin, is_subcutaneous, medications_by_id)
 from hooks.fhir_read import ReadResult, bare_id, iter_resources
+from hooks.classify import names_immune_globulin, names_other_globulin
+from hooks.dosing import Regimen, interval_words, read_regimen
 from hooks.rules import OS, rule
-from hooks.units import dose_in_grams
 
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder", "MedicationStatement", "ServiceRequest", "MedicationDispense")
 _IGNORED_STATUSES = frozenset({"cancelled", "entered-in-error", "revoked", "stopped"})
-_PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30.4375, "a": 365.25}
-_EVERY_TEXT = re.compile(r"(?:every|q)\s*(\d+(?:\.\d+)?)\s*(w(?:ee)?ks?|wk|d(?:ays?)?|mo(?:nths?)?)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,7 @@ class IvigOrder:
     label: str  # "MedicationRequest/abc" (the resourceId a delete suggestion names)
     product: str
     subcutaneous: bool
-    dose_value: float | None
-    dose_unit: str | None
-    dose_grams: float | None  # absolute dose
-    dose_g_per_kg: float | None  # a per-kg dose as ordered
-    interval_days: float | None
+    regimen: Regimen
     reasons: tuple[str, ...]
     reason_other_indication: str | None
 
@@ -85,11 +79,11 @@ def may_be_immune_globulin(raw: Mapping[str, Any], medications: Mapping[str, Map
                 unresolved = True
     texts = [t for c in concepts for t in _raw_texts(c)]
     joined = " ".join(texts)
-    if joined and vs.TEXT_NOT_REPLACEMENT_GLOBULIN.search(joined):
+    if joined and names_other_globulin(joined):
         return False
     codes = [(str(cd.get("system") or ""), str(cd.get("code") or "")) for c in concepts if isinstance(c, dict)
              for cd in c.get("coding") or () if isinstance(cd, dict)]
-    if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes) or vs.TEXT_IMMUNE_GLOBULIN.search(joined):
+    if any(vs.coding_in(vs.IMMUNE_GLOBULIN_HCPCS, s, c) for s, c in codes) or names_immune_globulin(joined):
         return True
     return None if unresolved else False
 
@@ -109,36 +103,19 @@ def unresolved_medication_references(drafts: list[Mapping[str, Any]], medication
     for raw in drafts:
         if may_be_immune_globulin(raw, medications) is None:
             target = raw["medicationReference"]["reference"]
-            out.append(f"Medication/{bare_id(target)}")
+            # an absolute URL stays whole: the service reads it only if it names fhirServer's data
+            out.append(target if target.startswith(("http://", "https://")) else f"Medication/{bare_id(target)}")
     return out
 
 
-def _dose_and_interval(order: Any) -> tuple[float | None, str | None, float | None, str]:
-    dosages = getattr(order, "dosageInstruction", None) or getattr(order, "dosage", None) or ()
-    value = unit = interval = None
-    text = ""
-    for dosage in dosages:
-        text = dosage.text or text
-        for dr in dosage.doseAndRate or ():
-            q = dr.doseQuantity
-            if q is not None and q.value is not None:
-                value, unit = float(q.value), (q.code if q.system == vs.UCUM and q.code else (q.unit or q.code))
-                break
-        repeat = getattr(getattr(dosage, "timing", None), "repeat", None)
-        if repeat is not None and repeat.period and repeat.periodUnit:
-            per = float(repeat.period) * _PERIOD_DAYS.get(str(repeat.periodUnit), 0)
-            freq = float(repeat.frequency or 1)
-            if per:
-                interval = per / freq
-        if interval is None and dosage.text:
-            match = _EVERY_TEXT.search(dosage.text)
-            if match:
-                n = float(match.group(1))
-                u = match.group(2).lower()
-                interval = n * (7 if u.startswith("w") else 30.4375 if u.startswith("mo") else 1)
-        if value is not None:
-            break
-    return value, unit, interval, text
+def _medication_of(res: Any, medications: Mapping[str, Any]) -> Any | None:
+    """The Medication an order names (contained or by reference), for its ingredient strength."""
+    ref = getattr(res, "medicationReference", None)
+    target = getattr(ref, "reference", None) or ""
+    if target.startswith("#"):
+        return next((c for c in getattr(res, "contained", None) or ()
+                     if getattr(c, "id", None) == target[1:] and c.get_resource_type() == "Medication"), None)
+    return medications.get(bare_id(target) or "") if target else None
 
 
 def find_ivig_orders(drafts: list[Mapping[str, Any]], read: ReadResult) -> list[IvigOrder]:
@@ -158,13 +135,7 @@ def find_ivig_orders(drafts: list[Mapping[str, Any]], read: ReadResult) -> list[
             concepts = [res.code] if rtype == "ServiceRequest" and res.code else _medication_concepts(res, meds)
             if not is_immune_globulin(concepts):
                 continue
-            value, unit, interval, _ = _dose_and_interval(res)
-            grams = per_kg = None
-            if value is not None:
-                converted = dose_in_grams(value, unit)
-                if converted is not None:
-                    amount, is_per_kg = converted
-                    per_kg, grams = (amount, None) if is_per_kg else (None, amount)
+            regimen = read_regimen(res, _medication_of(res, meds), concepts)
             reasons: list[str] = []
             other = None
             reason_concepts = list(getattr(res, "reasonCode", None) or ())
@@ -180,17 +151,18 @@ def find_ivig_orders(drafts: list[Mapping[str, Any]], read: ReadResult) -> list[
                     other = concept_label(concept)
             orders.append(IvigOrder(
                 label=label, product=concept_label(concepts[0]) if concepts else "immune globulin",
-                subcutaneous=is_subcutaneous(concepts), dose_value=value, dose_unit=unit, dose_grams=grams,
-                dose_g_per_kg=per_kg, interval_days=interval, reasons=tuple(reasons),
+                subcutaneous=is_subcutaneous(concepts), regimen=regimen, reasons=tuple(reasons),
                 reason_other_indication=other))
     return orders
 
 
 def order_g_per_kg(order: IvigOrder, facts: Facts) -> float | None:
-    if order.dose_g_per_kg is not None:
-        return order.dose_g_per_kg
-    if order.dose_grams is not None and facts.weight is not None and facts.weight.measured.value > 0:
-        return order.dose_grams / facts.weight.measured.value
+    """The dose per infusion (or course) in g/kg: as ordered, or grams over the latest weight."""
+    r = order.regimen
+    if r.g_per_kg is not None:
+        return r.g_per_kg
+    if r.grams is not None and facts.weight is not None and facts.weight.measured.value > 0:
+        return r.grams / facts.weight.measured.value
     return None
 
 
@@ -198,6 +170,7 @@ def order_g_per_kg(order: IvigOrder, facts: Facts) -> float | None:
 
 
 @rule(kind="order", branch="criteria.md: IVIG ordered for a different indication",
+      title="IVIG for another indication (outside this guideline)",
       checks="the order's reason is another IVIG indication — ITP, Kawasaki disease, Guillain–Barré, CIDP, "
              "myasthenia — or the patient has such an active diagnosis and the order gives no reason or an "
              "immunomodulatory dose (within the configured g/kg range): outside this guideline, never "
@@ -223,46 +196,67 @@ def ordered_for_other_indication(order: IvigOrder, facts: Facts, cfg: GuidelineC
 
 
 @rule(kind="order", branch="criteria.md On treatment: replacement dose 0.4–0.6 g/kg every 3–4 weeks",
-      checks="a replacement IVIG order's dose (g/kg from the latest weight) or interval is outside the range; "
-             "a dose that cannot be checked for lack of weight is said",
+      title="Replacement dose and interval",
+      checks="a replacement IVIG order's dose per infusion or course (g/kg from the latest weight; mL of a product "
+             "of known concentration) or its interval is outside the range; weekly SCIG by its dose per week; a "
+             "dose that cannot be checked (no weight, not a mass) is said",
       reads=("order dose", "order timing", "weight"),
       thresholds=("dose_min_g_per_kg", "dose_max_g_per_kg", "interval_min_weeks", "interval_max_weeks",
-                  "weight_stale_months"),
+                  "weight_stale_months", "immunomodulatory_dose_min_g_per_kg"),
       topics={OS: (Topic.IVIG_DOSE_CHECK,)}, references=("bonilla-2015", "perez-2017"))
 def dose_outside_replacement_range(order: IvigOrder, facts: Facts, cfg: GuidelineConfig) -> RuleResult:
-    if order.subcutaneous:
-        return NotApplicable("dose_outside_replacement_range", "subcutaneous product: weekly dosing, not checked here")
-    problems: list[str] = []
-    evidence: list[Evidence] = []
+    r = order.regimen
+    regimen = cfg.replacement_regimen()
+    if not r.has_dose:
+        return NotApplicable("dose_outside_replacement_range", "no dose to check")
+    frequent_scig = order.subcutaneous and r.every_days is not None and r.every_days < 7 * cfg.interval_min_weeks
+    if order.subcutaneous and r.every_days is None:
+        return NotApplicable("dose_outside_replacement_range", "subcutaneous dose without an interval")
+    how_often = f" {interval_words(r.every_days)}" if r.every_days is not None else ""
+    ordered = (r.derived or r.ordered) + ("" if r.course else how_often)
+    if r.not_a_mass:
+        return Assessment(
+            "dose_outside_replacement_range", None, f"dose not checked: {r.not_a_mass}",
+            (Evidence("Dose ordered", ordered),),
+            (f"Order the dose in g or g/kg (replacement: {regimen})",), missing_keys=("dose-unit",))
     g_per_kg = order_g_per_kg(order, facts)
-    ordered = f"{order.dose_value:g} {order.dose_unit}" if order.dose_value is not None else "no dose"
-    if order.dose_value is not None and order.dose_grams is None and order.dose_g_per_kg is None:
-        problems.append(f"dose unit '{order.dose_unit}' is not a mass — cannot check g/kg")
-    elif g_per_kg is None and order.dose_grams is not None:
-        problems.append("no body weight on record" + (" (recent)" if any("weight" in p for p in facts.data_problems) else "")
-                        + " — g/kg cannot be computed")
-    elif g_per_kg is not None and not (cfg.dose_min_g_per_kg - 1e-9 <= g_per_kg <= cfg.dose_max_g_per_kg + 1e-9):
-        problems.append(f"{g_per_kg:.2f} g/kg is outside {cfg.dose_min_g_per_kg:g}–{cfg.dose_max_g_per_kg:g} g/kg")
-    if g_per_kg is not None:
-        evidence.append(Evidence("Dose", f"{ordered} = {g_per_kg:.2f} g/kg",
-                                 note=f"weight {facts.weight.show()}" if facts.weight and order.dose_grams is not None else "per kg as ordered"))
+    if g_per_kg is None:
+        return Assessment(
+            "dose_outside_replacement_range", None,
+            f"dose not checked: no body weight in the last {cfg.weight_stale_months} months to express "
+            f"{r.grams:g} g as g/kg",
+            (Evidence("Dose ordered", ordered),),
+            (f"Record a current body weight (replacement: {regimen})",), missing_keys=("weight",))
+    per_course = " per course" if r.course else ""
+    weight = (f"weight {facts.weight.measured.display('kg')} ({facts.weight.when.isoformat()})"
+              if facts.weight is not None and r.g_per_kg is None else "")
+    amount = f"{r.grams:g} g = {g_per_kg:.2f} g/kg" if r.grams is not None else f"{g_per_kg:.2f} g/kg"
+    # the table says how the ordered dose becomes g/kg, unless it was ordered in g/kg as one dose
+    derivation = "; ".join(x for x in (f"{amount}{per_course}" if (r.grams is not None or r.course) else "", weight) if x)
+    evidence = [Evidence("Dose ordered", ordered, note=derivation)]
+    problems: list[str] = []
+    if frequent_scig:
+        weeks = r.every_days / 7
+        per_week = g_per_kg / weeks
+        low, high = cfg.dose_min_g_per_kg / cfg.interval_max_weeks, cfg.dose_max_g_per_kg / cfg.interval_min_weeks
+        if not low - 1e-9 <= per_week <= high + 1e-9:
+            problems.append(f"{4 * per_week:.2f} g/kg per 4 weeks is {'above' if per_week > high else 'below'} {regimen}")
     else:
-        evidence.append(Evidence("Dose", ordered))
-    if order.interval_days is not None:
-        weeks = order.interval_days / 7
-        evidence.append(Evidence("Interval", f"every {weeks:.3g} weeks"))
-        if not (cfg.interval_min_weeks - 1e-9 <= weeks <= cfg.interval_max_weeks + 1e-9):
-            problems.append(f"every {weeks:.3g} weeks is outside every {cfg.interval_min_weeks:g}–{cfg.interval_max_weeks:g} weeks")
+        if not cfg.dose_min_g_per_kg - 1e-9 <= g_per_kg <= cfg.dose_max_g_per_kg + 1e-9:
+            side = "above" if g_per_kg > cfg.dose_max_g_per_kg else "below"
+            problems.append(f"{side} the replacement dose {cfg.dose_min_g_per_kg:g}–{cfg.dose_max_g_per_kg:g} g/kg")
+        if r.every_days is not None:
+            weeks = r.every_days / 7
+            if not cfg.interval_min_weeks - 1e-9 <= weeks <= cfg.interval_max_weeks + 1e-9:
+                problems.append(f"the interval is {'shorter' if weeks < cfg.interval_min_weeks else 'longer'} than "
+                                f"{cfg.interval_min_weeks:g}–{cfg.interval_max_weeks:g} weeks")
     if not problems:
-        return NotApplicable("dose_outside_replacement_range",
-                             "dose and interval within range" if g_per_kg is not None else "no dose to check")
-    summary_dose = f"{g_per_kg:.2f} g/kg" if g_per_kg is not None else ordered
-    return Assessment(
-        "dose_outside_replacement_range", None, f"{summary_dose}: " + "; ".join(problems), tuple(evidence),
-        (f"Replacement dose: {cfg.dose_min_g_per_kg:g}–{cfg.dose_max_g_per_kg:g} g/kg every "
-         f"{cfg.interval_min_weeks:g}–{cfg.interval_max_weeks:g} weeks, adjusted to the trough IgG",
-         "Record a current body weight" if g_per_kg is None and order.dose_grams is not None else
-         "1–2 g/kg is an immunomodulatory dose: state the indication (ITP, Kawasaki, GBS, CIDP) as the order's reason"),
-        thresholds=(f"{cfg.dose_min_g_per_kg:g}–{cfg.dose_max_g_per_kg:g} g/kg",
-                    f"every {cfg.interval_min_weeks:g}–{cfg.interval_max_weeks:g} weeks"),
-        notes=(f"weight {facts.weight.show()}",) if facts.weight else ())
+        return NotApplicable("dose_outside_replacement_range", f"{amount}{per_course}{how_often}: within {regimen}")
+    dose = f"{g_per_kg:.2f} g/kg{per_course}{how_often if not frequent_scig else ' ' + interval_words(r.every_days)}"
+    advice = [f"Replacement dose: {regimen}, adjusted to the trough IgG"]
+    if g_per_kg >= cfg.immunomodulatory_dose_min_g_per_kg - 1e-9:
+        advice.append(f"{cfg.immunomodulatory_dose_min_g_per_kg:g}–{cfg.immunomodulatory_dose_max_g_per_kg:g} g/kg "
+                      "is an immunomodulatory dose: give the indication (ITP, Kawasaki disease, GBS, CIDP) as the "
+                      "order's reason")
+    return Assessment("dose_outside_replacement_range", None, f"{dose}: " + "; ".join(problems), tuple(evidence),
+                      tuple(advice), thresholds=(regimen,))

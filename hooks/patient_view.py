@@ -5,8 +5,8 @@ from __future__ import annotations
 from hooks import data_needs
 from hooks.assessment import Topic
 from hooks.cards import CardContext, CardPlan, finalize, monitoring_plan, referral_suggestion, workup_plan
-from hooks.engine import PatientEvaluation, evaluate_patient
-from hooks.fhir_read import bare_id
+from hooks.engine import PatientEvaluation, evaluate_read, nothing_to_decide
+from hooks.fhir_read import bare_id, read_resources
 from hooks.rules import PV
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 from hooks.summaries import patient_view_summary
@@ -66,12 +66,17 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
 
 
 def handle(request: HookRequest) -> HookResult:
-    ev = evaluate_patient(
-        [*request.prefetch.values(), *request.extra_resources],
-        patient_id=bare_id(str(request.context.get("patientId", ""))),
-        today=request.today, config=request.config, unavailable=request.unavailable)
+    read = read_resources([*request.prefetch.values(), *request.extra_resources],
+                          bare_id(str(request.context.get("patientId", ""))))
+
+    def evaluate() -> PatientEvaluation:
+        return evaluate_read(read, today=request.today, config=request.config, unavailable=request.unavailable)
+
+    if nothing_to_decide(read):  # no cards can come of it: the trace is made only if someone asks
+        return HookResult(explain=lambda: evaluate().trace())
+    ev = evaluate()
     ctx = card_context(request, ev)
-    return HookResult(cards=finalize(plans_for(ev, ctx), ctx), trace=ev.trace())
+    return HookResult(cards=finalize(plans_for(ev, ctx), ctx), explain=ev.trace)
 
 
 SERVICE = ServiceDefinition(

@@ -37,13 +37,28 @@ class HookRequest:
     tenant: str | None = None
 
 
-@dataclass
 class HookResult:
-    """Cards for the EHR, optional system actions, and the decision trace (for humans and logs)."""
+    """Cards for the EHR, optional system actions, and the decision trace (for humans and logs).
 
-    cards: list[dict[str, Any]] = field(default_factory=list)
-    system_actions: list[dict[str, Any]] = field(default_factory=list)
-    trace: dict[str, Any] = field(default_factory=dict)
+    The trace is given as it is (``trace``) or as the function that builds it (``explain``): an
+    EHR's call never reads it, so only its readers (``ivig-cds evaluate``, the trend page) pay for it.
+    """
+
+    __slots__ = ("cards", "system_actions", "_trace", "_explain")
+
+    def __init__(self, cards: list[dict[str, Any]] | None = None,
+                 system_actions: list[dict[str, Any]] | None = None, trace: dict[str, Any] | None = None,
+                 explain: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.cards = cards if cards is not None else []
+        self.system_actions = system_actions if system_actions is not None else []
+        self._trace = trace
+        self._explain = explain
+
+    @property
+    def trace(self) -> dict[str, Any]:
+        if self._trace is None:
+            self._trace = self._explain() if self._explain is not None else {}
+        return self._trace
 
     def response_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"cards": self.cards}

@@ -7,6 +7,7 @@ A comparator ("<7") is kept: the value becomes a bound, not a number.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,7 +55,13 @@ COMPARATORS = ("<=", ">=", "<", ">")
 
 
 def _key(unit: str | None) -> str:
-    return (unit or "").strip().lower().replace(" ", "").replace("{", "").replace("}", "")
+    return _spelling(unit) if unit else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _spelling(unit: str) -> str:
+    """A unit as the tables spell it: lower case, no spaces or braces (once per spelling seen)."""
+    return unit.strip().lower().replace(" ", "").replace("{", "").replace("}", "")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,28 @@ def dose_in_grams(value: float, unit: str | None) -> tuple[float, bool] | None:
         return None
     factor, per_kg = entry
     return value * factor, per_kg
+
+
+#: Volume units -> factor to mL (a dose in mL of a product of known concentration is a mass)
+_TO_ML = {"ml": 1.0, "cm3": 1.0, "cc": 1.0, "l": 1000.0, "dl": 100.0}
+
+
+def volume_in_ml(value: float, unit: str | None) -> float | None:
+    """A volume in mL, or None when the unit is not a volume."""
+    return _convert(value, unit, _TO_ML)
+
+
+_ANNOTATION = re.compile(r"\{([^}]*)\}")
+_UCUM_DISPLAY = {"[lb_av]": "lb", "[oz_av]": "oz", "[in_i]": "in", "ug": "µg"}
+
+
+def display_unit(unit: str | None) -> str:
+    """A unit as a clinician writes it: UCUM annotations without braces ('{pill}' -> 'pill'),
+    customary units by their names ('[lb_av]' -> 'lb')."""
+    text = (unit or "").strip()
+    for code, shown in _UCUM_DISPLAY.items():
+        text = text.replace(code, shown)
+    return _ANNOTATION.sub(lambda m: m.group(1), text).strip()
 
 
 _VALUE_STRING = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([0-9]+(?:[.,][0-9]+)?)\s*(\S.*)?$")

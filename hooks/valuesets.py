@@ -105,6 +105,31 @@ PPSV23_SEROTYPES: tuple[str, ...] = (
     "1", "2", "3", "4", "5", "6B", "7F", "8", "9N", "9V", "10A", "11A", "12F", "14", "15B", "17F",
     "18C", "19A", "19F", "20", "22F", "23F", "33F",
 )
+@dataclass(frozen=True)
+class SerotypeCode:
+    """The LOINC code of one PPSV23 serotype's IgG antibody result, where it was checked, and whether."""
+
+    serotype: str
+    code: str
+    display: str
+    verified: bool
+    source: str
+
+
+#: PPSV23 serotype IgG antibody [Mass/volume] in Serum: LOINC has one code per serotype (codes.md).
+#: A code enters this table only with its source; ``verified`` only when that source is LOINC's own
+#: table or an authoritative public copy of it. None could be checked from this project's
+#: workplace yet (LOINC's tables and the reference laboratories' LOINC listings were not readable
+#: there), and a code typed from memory could name another test, so the table is empty rather
+#: than guessed. While it holds no verified code: the prefetch asks for the patient's laboratory
+#: results (hooks/data_needs.py) and titers are recognised by their text, as they arrive; each
+#: verified code added here becomes part of the prefetch query and recognises a titer and its
+#: serotype on its own, an unverified one only widens the query (its text must still match).
+PNEUMOCOCCAL_SEROTYPE_LOINC: tuple[SerotypeCode, ...] = ()
+LOINC_PNEUMOCOCCAL_SEROTYPES = frozenset(c.code for c in PNEUMOCOCCAL_SEROTYPE_LOINC)
+#: code -> serotype, verified codes only: the ones that recognise a titer without its text
+LOINC_SEROTYPE_VERIFIED = {c.code: c.serotype for c in PNEUMOCOCCAL_SEROTYPE_LOINC if c.verified}
+
 #: S. pneumoniae, not Mycoplasma/Klebsiella/Chlamydia pneumoniae (their antibodies are other tests)
 TEXT_PNEUMOCOCCAL = _rx(r"pneumococ|\bs(trep(tococcus)?)?\.?\s*pneumoniae|\bstrep\w*\.?\s*pneumo|\bspn\b")
 #: "serotype 6B", "Danish type 23F", "(19A)", "S. pneumoniae 14 IgG Ab" ...
@@ -297,6 +322,16 @@ TEXT_IMMUNE_GLOBULIN = _rx(
     r"privigen|bivigam|gammaplex|gamunex|gammaked|octagam|gammagard|flebogamma|hizentra|hyqvia|"
     r"panzyga|asceniv|cutaquig|xembify|cuvitru|carimune|yimmugo|alyglo|gammanorm|kiovig|intratect"
 )
+#: Immune globulin brands sold in one concentration only (percent, g per 100 mL; US prescribing
+#: information), so that a dose ordered in mL is a known mass. Brands sold in several strengths
+#: (Octagam 5 %/10 %, Gammaplex 5 %/10 %, Flebogamma 5 %/10 %) are not listed: their mL are not
+#: turned into grams unless the order or its Medication states the strength.
+SINGLE_CONCENTRATION_PRODUCTS: dict[str, float] = {
+    "privigen": 10, "gamunex": 10, "gammaked": 10, "gammagard liquid": 10, "bivigam": 10, "panzyga": 10,
+    "asceniv": 10, "alyglo": 10, "yimmugo": 10, "hizentra": 20, "xembify": 20, "cuvitru": 20, "cutaquig": 16.5,
+    "hyqvia": 10,
+}
+
 #: Hyperimmune and other globulins that are not IgG replacement: never an IVIG order.
 TEXT_NOT_REPLACEMENT_GLOBULIN = _rx(
     r"hepatitis\s*b|\bhbig\b|rabies|hyperrab|kedrab|imogam|tetanus|hypertet|rho\s*\(?d\)?|\banti-?d\b|rhogam|"

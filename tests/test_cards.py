@@ -73,17 +73,24 @@ def test_card_uuid_is_stable_per_hook_instance_and_topic():
 def test_not_indicated_card_names_the_reason_and_offers_one_click_alternatives():
     card = by_topic(cards_for("sample-isolated-igm", "order-sign"))["ivig-not-indicated"]
     assert card["indicator"] == "warning"
-    assert card["summary"] == "IVIG not indicated: isolated low IgM (32 mg/dL) with normal IgG"
+    assert card["summary"] == "IVIG not indicated: isolated low IgM (32 mg/dL) with normal IgG and PPSV23 response"
     actions = [a for s in card["suggestions"] for a in s.get("actions", [])]
     assert {"type": "delete", "resourceId": "MedicationRequest/ivig-draft-1"}.items() <= actions[0].items()
     assert any(a["type"] == "create" and a["resource"]["code"]["coding"][0]["code"] == "2465-3" for a in actions)
     assert {r["code"] for r in card["overrideReasons"]} >= {"other-indication", "immunology-consulted",
                                                             "established-elsewhere"}
     detail = card["detail"]
-    for expected in ("32 mg/dL", "850 mg/dL", "below 40 mg/dL", "isolated_igm_deficiency", "Prophylactic antibiotics",
-                     "Re-check IgG every 6–12 months", "doi.org", "9.9.9+cfg.test"):
+    for expected in ("32 mg/dL", "850 mg/dL", "below 40 mg/dL", "Isolated IgM deficiency", "Prophylactic antibiotics",
+                     "Re-check IgG every 6–12 months"):
         assert expected in detail
     assert re.search(r"\| IgM \| 32 mg/dL \| \d{4}-\d{2}-\d{2} \|", detail)
+    # the machine's words stay out of what the prescriber reads: rule names and version in the extension,
+    # the literature in links
+    for machine in ("isolated_igm_deficiency", "doi.org", "9.9.9+cfg.test", "criteria.md"):
+        assert machine not in detail
+    assert "isolated_igm_deficiency" in card["extension"]["ivig-cds-rules"]
+    assert card["extension"]["ivig-cds-ruleset-version"] == "9.9.9+cfg.test"
+    assert any("doi.org" in link["url"] for link in card["links"])
 
 
 def test_missing_workup_becomes_orderable_service_requests():
@@ -188,8 +195,11 @@ def test_dstu2_and_stu3_shaped_ivig_orders_are_recognised_and_deleted_by_their_o
                           context_patch={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": order}]}})
         found = by_topic(cards)
         assert "ivig-not-indicated" in found, resource_id
-        # the example's "5 mL twice daily" is neither a mass dose nor a 3–4-weekly interval
-        assert "ivig-dose-check" in found and "every 0.0714 weeks" in found["ivig-dose-check"]["detail"]
+        # the example's "5 mL bid x 10 days" of a 10 % product is a 10-day course of 10 g (0.14 g/kg at 70 kg),
+        # worded as written, never as a fraction of weeks
+        dose = found["ivig-dose-check"]
+        assert "twice a day for 10 days" in dose["detail"] and "10 g = 0.14 g/kg" in dose["detail"]
+        assert "below the replacement dose" in dose["summary"] and "weeks" not in dose["summary"].split(":")[1]
         deletes = [a["resourceId"] for s in found["ivig-not-indicated"]["suggestions"]
                    for a in s.get("actions", []) if a["type"] == "delete"]
         assert set(deletes) == {resource_id}

@@ -23,7 +23,7 @@ from hooks.references import REFERENCES
 from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES
 from hooks.ruleset import ruleset_version
 from service.cli import main
-from service.explain import DOCS_PATH, _alternatives, build_model, default_settings, render_explain
+from service.governance.explain import DOCS_PATH, _alternatives, build_model, default_settings, render_explain
 from service.settings import env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,8 +216,21 @@ def test_explain_sees_the_environment(clean_env, monkeypatch):
     assert (igm["value"], igm["origin"]) == (30, "env:IVIG_CDS_IGM_LOW_MG_DL")
 
 
+def test_explain_shows_the_plausibility_bounds_beside_the_thresholds(clean_env, monkeypatch):
+    """A committee sees (and may change) which values are refused as impossible, like any threshold."""
+    monkeypatch.setenv("IVIG_CDS_IGG_PLAUSIBLE_MAX_MG_DL", "12000")
+    result = CliRunner().invoke(main, ["explain"])
+    bounds = [line for line in result.stdout.splitlines() if "_plausible_" in line]
+    assert {name for line in bounds for name in re.findall(r"`(\w+_plausible_\w+)`", line)} >= {
+        "igg_plausible_max_mg_dl", "igm_plausible_max_mg_dl", "iga_plausible_max_mg_dl", "titer_plausible_max_ug_ml",
+        "weight_plausible_min_kg", "adult_weight_plausible_min_kg", "weight_plausible_max_kg"}
+    changes = result.stdout.split("Changes from the guideline defaults", 1)[1].split("\n## ", 1)[0]
+    assert "igg_plausible_max_mg_dl" in changes and "12000" in changes
+
+
 @pytest.mark.parametrize(("toml", "names"), [
     ("[guideline]\nigm_low_mg_dl = -5\n", "guideline.igm_low_mg_dl"),
+    ("[guideline]\nigg_plausible_max_mg_dl = inf\n", "guideline.igg_plausible_max_mg_dl"),
     ("[guideline]\ndose_min_g_per_kg = 0.9\n", "dose_min_g_per_kg"),
     ("[guideline]\nigm_low = 30\n", "guideline.igm_low"),
     ("[guideline\n", "not valid TOML"),

@@ -110,3 +110,54 @@ def test_garbage_never_raises():
             {"resourceType": "Observation", "code": "nope", "status": "final"}]
     read = read_resources(junk, "p1")
     assert read.of("Observation") == []
+
+
+def test_what_is_not_a_resource_is_listed_with_one_reason_each():
+    bundle = {"resourceType": "Bundle", "entry": [
+        None, 7, {"fullUrl": "urn:uuid:1"}, {"resource": None}, {"resource": {"id": "x", "status": "final"}},
+        {"resource": {"resourceType": "Obsrvation", "id": "typo"}}, {"resource": IGM},
+        {"resource": {"resourceType": "Practitioner", "id": "dr"}}, {"resource": {"resourceType": "Organization"}}]}
+    read = read_resources([bundle], "p1")
+    assert len(read.of("Observation")) == 1
+    assert [(s.resource, s.reason) for s in read.skipped] == [
+        ("Bundle entry 1", "empty"),
+        ("Bundle entry 2", "not a Bundle entry"),
+        ("Bundle entry 3", "no resource in it"),
+        ("Bundle entry 4", "no resource in it"),
+        ("Bundle entry 5", "no resourceType: not a FHIR resource"),
+        ("Obsrvation/typo", "not a FHIR resource type"),
+    ]  # Practitioner and Organization are FHIR, only not read: nothing to say about them
+
+
+def test_bundle_entries_that_are_not_a_list_and_stray_values_are_said():
+    read = read_resources([{"resourceType": "Bundle", "id": "b", "entry": {"resource": IGM}}, "text", None], "p1")
+    assert [(s.resource, s.reason) for s in read.skipped] == [
+        ("Bundle/b", "its entries are not a list"), ("prefetch value", "not a FHIR resource")]
+
+
+def test_reading_never_changes_the_request():
+    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-stu3.json").read_text())
+    order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
+                 if e["resource"]["resourceType"] == "MedicationRequest")
+    order = {**order, "medicationCodeableConcept": {"text": "IVIG"}}
+    order["dosageInstruction"][0]["doseAndRate"] = [{"type": {"text": "ordered"}}]  # and doseQuantity beside it
+    order["dosageInstruction"][0]["doseQuantity"] = {"value": 30, "unit": "g"}
+    before = json.dumps(order, sort_keys=True)
+    (mr,) = read_resources([order], "1288992").of("MedicationRequest")
+    assert json.dumps(order, sort_keys=True) == before
+    assert [dr.doseQuantity.value if dr.doseQuantity else None for dr in mr.dosageInstruction[0].doseAndRate] == [None, 30]
+
+
+def test_a_missing_required_element_skips_the_resource_and_names_it():
+    order = {"resourceType": "MedicationRequest", "id": "m", "status": "draft", "subject": {"reference": "Patient/p1"},
+             "medicationCodeableConcept": {"text": "Privigen"}}
+    read = read_resources([order], "p1")
+    assert read.of("MedicationRequest") == [] and "intent" in read.skipped[0].reason
+    nothing = read_resources([{**order, "intent": "order", "medicationCodeableConcept": None}], "p1")
+    assert nothing.of("MedicationRequest") == [] and nothing.skipped == []  # names no product: not immune globulin
+
+
+def test_a_time_without_its_zone_makes_an_observation_unreadable_and_says_why():
+    read = read_resources([{**IGM, "effectiveDateTime": "2026-10-01T08:00:00"}], "p1")
+    assert read.of("Observation") == []
+    assert read.skipped[0].resource == "Observation/o1" and "effectiveDateTime" in read.skipped[0].reason

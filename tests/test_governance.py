@@ -35,7 +35,7 @@ from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, PV, WORKU
 from hooks.ruleset import ruleset_version
 from hooks.service_def import HookRequest
 from service.app import create_app
-from service.explain import (DOCS_PATH, HOOK_EXCEPTIONS, HOOK_TOPIC_KEY, INDICATORS, build_model, default_settings,
+from service.governance.explain import (DOCS_PATH, HOOK_EXCEPTIONS, HOOK_TOPIC_KEY, INDICATORS, build_model, default_settings,
                              render_docs, render_explain)
 from service.settings import load_settings
 
@@ -133,7 +133,7 @@ def test_documented_hook_exceptions_exist():
         assert rule_name in _documented()
 
 
-# The scope, as service/explain.py words it (SCOPE_ALWAYS, SCOPE_EXCLUDED, SCOPE_CONDITIONS), as an oracle.
+# The scope, as service/governance/explain.py words it (SCOPE_ALWAYS, SCOPE_EXCLUDED, SCOPE_CONDITIONS), as an oracle.
 def _documented_scope(facts, ordered: bool) -> bool:
     if ordered:
         return True
@@ -215,7 +215,7 @@ def _app(tmp_path: Path, environ: dict[str, str] | None = None, config_file: Pat
 
 
 def _post(app, name: str, hook: str, monkeypatch) -> dict[str, Any]:
-    import service.cds as cds
+    import service.protocol.cds as cds
 
     expected = fhir_fixtures.load_json(name, "expected.json")
     monkeypatch.setattr(cds, "today", lambda: date.fromisoformat(expected["today"]))
@@ -263,16 +263,14 @@ def test_threshold_by_environment_can_also_create_a_card(tmp_path, monkeypatch):
 
 
 def _versions(app, monkeypatch) -> set[str]:
-    """Every ruleset version the app shows: discovery entries, card extensions and card footers."""
+    """Every ruleset version the app shows: discovery entries and card extensions (the detail is for the
+    prescriber and carries no version)."""
     found = set()
     for entry in app.test_client().get("/cds-services").get_json()["services"]:
         found.add(entry["extension"][VERSION_KEY])
     for name, hook in (("edge-igm-39", "patient-view"), ("sample-isolated-igm", "order-sign")):
         for card in _post(app, name, hook, monkeypatch)["cards"]:
             found.add(card["extension"][VERSION_KEY])
-            footer = card["detail"].rstrip().splitlines()[-1]
-            assert footer.startswith("_ivig-cds ruleset ") and footer.endswith("_")
-            found.add(footer.removeprefix("_ivig-cds ruleset ").removesuffix("_"))
     return found
 
 
@@ -307,7 +305,7 @@ def test_the_version_in_cards_and_discovery_changes_with_the_thresholds_and_only
 def test_issued_card_records_carry_the_ruleset_version(tmp_path, monkeypatch):
     """The SQL feedback store keeps, per issued card, the version shown on it: an overridden card can be
     traced to the logic that produced it."""
-    from service.storage import issued_card
+    from service.storage.sql_store import issued_card
 
     app, settings = _app(tmp_path, {"IVIG_CDS_IGM_LOW_MG_DL": "45"})
     st_ = app.extensions["ivig_cds"]
@@ -327,7 +325,7 @@ def test_issued_card_records_carry_the_ruleset_version(tmp_path, monkeypatch):
 
 def test_docs_clinical_logic_is_current():
     on_disk = (ROOT / DOCS_PATH).read_text(encoding="utf-8")
-    assert on_disk == render_docs(), f"{DOCS_PATH} is stale: run python -m service.explain --write {DOCS_PATH}"
+    assert on_disk == render_docs(), f"{DOCS_PATH} is stale: run python -m service.governance.explain --write {DOCS_PATH}"
     assert f"Ruleset version: `{ruleset_version(DEFAULT_CONFIG)}`" in on_disk
 
 
@@ -346,14 +344,14 @@ def test_docs_do_not_depend_on_the_machine(monkeypatch, tmp_path):
 def test_the_documented_regeneration_command_checks_and_writes(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IVIG_CDS_")}
     env["IVIG_CDS_IGM_LOW_MG_DL"] = "31"  # must not leak into the repository copy
-    check = subprocess.run([sys.executable, "-m", "service.explain", "--check", str(DOCS_PATH)], cwd=ROOT,
+    check = subprocess.run([sys.executable, "-m", "service.governance.explain", "--check", str(DOCS_PATH)], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     stale = tmp_path / "clinical-logic.md"
     stale.write_text((ROOT / DOCS_PATH).read_text(encoding="utf-8").replace("40 mg/dL", "41 mg/dL"))
-    again = subprocess.run([sys.executable, "-m", "service.explain", "--check", str(stale)], cwd=ROOT,
+    again = subprocess.run([sys.executable, "-m", "service.governance.explain", "--check", str(stale)], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "--write" in again.stderr
-    written = subprocess.run([sys.executable, "-m", "service.explain", "--write", str(stale)], cwd=ROOT,
+    written = subprocess.run([sys.executable, "-m", "service.governance.explain", "--write", str(stale)], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=120)
     assert written.returncode == 0 and stale.read_text(encoding="utf-8") == render_docs()

@@ -9,7 +9,7 @@ import pytest
 import fhir_fixtures
 from fhir_fixtures import samples
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
+from service.storage.feedback import MemoryFeedbackStore
 from tests.cds_validate import response_problems, topics
 from tests.conftest import make_settings
 
@@ -25,7 +25,7 @@ def test_the_five_situations_of_the_sandbox_issue_are_samples():
 @pytest.mark.parametrize(("patient_id", "scenario"), SAMPLES)
 def test_sample_patient_without_prefetch_gets_its_cards_on_any_day(client, monkeypatch, patient_id, scenario, today):
     """Dates move with today, so a sample decides the same way next year as on its reference day."""
-    import service.cds as cds
+    import service.protocol.cds as cds
 
     monkeypatch.setattr(cds, "today", lambda: today)
     resp = client.post("/cds-services/ivig-patient-view", json={

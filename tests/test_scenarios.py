@@ -53,7 +53,7 @@ def test_scenario_over_http(client, name, hook):
     expected = fhir_fixtures.load_json(name, "expected.json")
     body = fhir_fixtures.load_json(name, f"request-{hook}.json")
     service = _service(hook)
-    import service.cds as cds
+    import service.protocol.cds as cds
 
     original = cds.today
     cds.today = lambda: date.fromisoformat(expected["today"])
@@ -119,7 +119,7 @@ def test_every_topic_on_every_hook_over_a_real_http_server(app, monkeypatch):
     """Real sockets, real serialisation: each topic on each hook at least once, plus a no-card case."""
     import requests
 
-    import service.cds as cds
+    import service.protocol.cds as cds
     from tests.servers import live_app
 
     monkeypatch.setattr(cds, "today", lambda: date(2026, 11, 24))
