@@ -153,13 +153,15 @@ def _drain(stream: Any, sink: list[str]) -> None:
             del sink[:100]
 
 
-def start_server(token: str | None = None) -> Iterator[FhirServer]:
+def start_server(token: str | None = None, max_count: int | None = None) -> Iterator[FhirServer]:
+    """The server on 127.0.0.1; ``max_count`` caps every page (as a server's page size limit does)."""
     node = node_binary()
     modules = ensure_installed()
     token = token or secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IVIG_CDS_")}
     env["NODE_PATH"] = str(modules)
-    proc = subprocess.Popen([node, str(SERVER_SCRIPT), "--port", "0", "--token", token],
+    extra = ["--max-count", str(max_count)] if max_count else []
+    proc = subprocess.Popen([node, str(SERVER_SCRIPT), "--port", "0", "--token", token, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     errors: list[str] = []
     threading.Thread(target=_drain, args=(proc.stderr, errors), daemon=True).start()

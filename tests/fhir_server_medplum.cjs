@@ -12,10 +12,12 @@
 //     implemented here as the FHIR R4 text search on CodeableConcept.text / Coding.display,
 //     matched word by word (each search word must begin a word of the text, case-insensitive),
 //     the way HAPI FHIR's full-text `:text` matches.
+//   * --max-count N: the largest page the server sends, whatever _count asks (as HAPI's and most
+//     servers' page size limits do), so tests can force many small pages.
 //   * POST /fhir/$reset empties the repository (test housekeeping; the in-memory matcher scans
 //     every resource of a type, so each test loads only the record it reads).
 //
-// Usage: node fhir_server_medplum.cjs [--port 0] [--token SECRET]; prints "LISTENING <port>".
+// Usage: node fhir_server_medplum.cjs [--port 0] [--token SECRET] [--max-count N]; prints "LISTENING <port>".
 'use strict';
 
 globalThis.WebSocket ??= class {}; // Node 20: @medplum/core subclasses WebSocket when it loads
@@ -34,7 +36,7 @@ const PORT = Number(arg('--port', '0'));
 const TOKEN = arg('--token', '');
 const BASE_PATH = '/fhir';
 const DEFAULT_COUNT = 20;
-const MAX_COUNT = 1000;
+const MAX_COUNT = Number(arg('--max-count', '1000'));
 
 core.indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 core.indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));

@@ -22,7 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 class Behaviour:
     """How the stub answers one route.
 
-    kind: ok | hang | status | invalid_json | wrong_type | redirect | pages | trickle | operation_outcome
+    kind: ok | hang | status | invalid_json | wrong_type | redirect | pages | trickle | operation_outcome |
+    huge (a valid searchset of ``size`` bytes, Content-Length given) | endless (a chunked searchset that
+    never ends) | truncated (a chunked answer whose connection is cut mid-body)
     """
 
     kind: str = "ok"
@@ -34,6 +36,7 @@ class Behaviour:
     entries_per_page: int = 1
     next_base: str | None = None  # for "pages": base URL of next links (default: this stub)
     wrong_type: str = "Observation"
+    size: int = 0  # for "huge": body bytes; for "pages": padding bytes added to every page
 
 
 @dataclass
@@ -76,9 +79,20 @@ class FhirStub:
             def do_GET(self) -> None:  # noqa: N802 - http.server naming
                 stub._handle(self)
 
+            def do_POST(self) -> None:  # noqa: N802 - a token endpoint is POSTed to
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                stub._handle(self)
+
         class Server(ThreadingHTTPServer):
             request_queue_size = 128  # the default backlog of 5 drops concurrent connects
             daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                import sys
+
+                if not isinstance(sys.exc_info()[1], OSError):  # a client that hung up is no error here
+                    super().handle_error(request, client_address)
 
         self._server = Server((self.host, 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -131,7 +145,7 @@ class FhirStub:
         path = path[len("/fhir/"):] if path.startswith("/fhir/") else path.lstrip("/")
         query = parse_qs(parts.query)
         with self._lock:
-            self.requests.append(Recorded("GET", path, query, {k: v for k, v in h.headers.items()},
+            self.requests.append(Recorded(h.command, path, query, {k: v for k, v in h.headers.items()},
                                           h.client_address[1]))
         b = self._behaviour(path)
         self._wait(b.delay)
@@ -154,6 +168,10 @@ class FhirStub:
             return self._send(h, 302, b"", {"Location": b.location or "/"})
         if b.kind == "trickle":
             return self._trickle(h)
+        if b.kind == "huge":
+            return self._huge(h, b.size)
+        if b.kind in ("endless", "truncated"):
+            return self._chunked(h, endless=b.kind == "endless")
         if b.kind == "pages":
             return self._send(h, 200, json.dumps(self._page(path, query, b)).encode())
         body = b.body if b.body is not None else self._default_body(path)
@@ -177,7 +195,53 @@ class FhirStub:
         if page < b.pages:
             base = b.next_base or self.base
             bundle["link"].append({"relation": "next", "url": f"{base}/{resource_type}?_page={page + 1}"})
+        if b.size:
+            bundle["padding"] = "x" * b.size
         return bundle
+
+    def _huge(self, h: BaseHTTPRequestHandler, size: int) -> None:
+        """A valid searchset of ``size`` bytes, written in pieces (the stub never holds it whole)."""
+        head, tail = b'{"resourceType": "Bundle", "type": "searchset", "entry": [], "padding": "', b'"}'
+        piece = b"x" * 65536
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/fhir+json")
+            h.send_header("Content-Length", str(size))
+            h.end_headers()
+            h.wfile.write(head)
+            left = size - len(head) - len(tail)
+            while left > 0 and not self._release.is_set():
+                h.wfile.write(piece[:left])
+                left -= len(piece)
+            h.wfile.write(tail)
+        except OSError:  # the client stopped reading (its cap): expected
+            pass
+        h.close_connection = True
+
+    def _chunked(self, h: BaseHTTPRequestHandler, endless: bool) -> None:
+        """A chunked searchset: ``endless`` never ends; otherwise the connection is cut mid-answer."""
+        entry = b'{"resource": {"resourceType": "Observation", "status": "final"}},' * 512
+
+        def chunk(data: bytes) -> None:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/fhir+json")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            chunk(b'{"resourceType": "Bundle", "type": "searchset", "entry": [')
+            if endless:
+                while not self._release.is_set():
+                    chunk(entry)
+            else:
+                chunk(entry)
+                h.wfile.write(b"%x\r\n" % 65536 + entry[:100])  # a chunk announced, never completed
+                h.wfile.flush()
+                h.connection.shutdown(2)
+        except OSError:  # the client stopped reading (its cap): expected
+            pass
+        h.close_connection = True
 
     def _trickle(self, h: BaseHTTPRequestHandler) -> None:
         """Headers at once, then one byte every 0.1 s of a body that never completes in time."""
