@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # ivig-cds production image.
 #   docker build -t ivig-cds .
-#   docker run -p 8080:8080 -e IVIG_CDS_DATABASE_URL=... -e IVIG_CDS_SECURITY_TRUSTED_ISSUERS=... ivig-cds
+#   docker run -p 8080:8080 -e IVIG_CDS_DATABASE_URL=... -e IVIG_CDS_SECURITY_TRUSTED_ISSUERS=... \
+#       -e IVIG_CDS_SECURITY_FHIR_SERVER_ALLOWLIST=... -e IVIG_CDS_SECURITY_PUBLIC_BASE_URL=https://cds.example.org ivig-cds
 # Configuration only by IVIG_CDS_* variables and mounted files (IVIG_CDS_CONFIG, jwks_file paths):
 # nothing site-specific is baked in. See README "Deployment" and deploy/compose.yaml.
 
@@ -28,6 +29,7 @@ ENV PATH=/opt/ivig-cds/bin:$PATH \
     IVIG_CDS_PROFILE=production \
     IVIG_CDS_DATA_DIR=/var/lib/ivig-cds \
     PROMETHEUS_MULTIPROC_DIR=/run/ivig-cds/prometheus \
+    IVIG_CDS_METRICS_PORT=9464 \
     WEB_CONCURRENCY=2
 RUN groupadd --system --gid 10001 ivig-cds \
  && useradd --system --uid 10001 --gid ivig-cds --home-dir /var/lib/ivig-cds --no-create-home \
@@ -39,7 +41,8 @@ COPY --from=build /opt/ivig-cds /opt/ivig-cds
 USER 10001:10001
 WORKDIR /var/lib/ivig-cds
 VOLUME ["/var/lib/ivig-cds"]
-EXPOSE 8080
+# the hooks' port, and the metrics port (GET /metrics, for Prometheus only)
+EXPOSE 8080 9464
 # slim images have no curl: the venv's Python asks the liveness endpoint
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"]

@@ -24,8 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests.conftest import make_settings
+
 ISSUER = "https://ehr.test.example/"
 PATIENT_VIEW = "ivig-patient-view"
+#: The test client's own URL, and the hook endpoint's path and URL there (the tokens' audience).
+BASE = "http://localhost"
+HOOK_PATH = f"/cds-services/{PATIENT_VIEW}"
+HOOK_URL = BASE + HOOK_PATH
 
 
 @dataclass
@@ -206,3 +212,27 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# ---------------------------------------------------------------- the service that checks the tokens
+
+
+def secure_settings(tmp_path, issuers, **overrides):
+    """Production profile: tokens required, replay store in an SQLite file under tmp_path, the
+    audience built from ``BASE`` (the test client's own URL)."""
+    base = {
+        "profile": "production",
+        "database_url": f"sqlite:///{tmp_path / 'security.sqlite3'}",
+        "security.trusted_issuers": issuers,
+        "security.fhir_server_allowlist": ["http://127.0.0.1:*"],
+        "security.public_base_url": BASE,
+    }
+    base.update(overrides)
+    return make_settings(tmp_path, **base)
+
+
+def assert_401(resp) -> None:
+    assert resp.status_code == 401, resp.get_data(as_text=True)
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+    # one generic answer for every failure: nothing that tells an attacker what was wrong
+    assert resp.get_json() == {"error": "unauthorized", "message": "a valid bearer token is required"}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service import config_reference
-from service.production import GUNICORN_ENV
+from service.governance import config_reference
+from service.ops.production import GUNICORN_ENV
 from service.settings import LEAF_ENV
 from tests.deploy_support import ROOT
 
@@ -12,7 +12,7 @@ README = ROOT / "README.md"
 
 def test_readme_configuration_reference_is_current():
     assert config_reference.main(["--check", str(README)]) == 0, (
-        "README.md's configuration reference is stale: run python -m service.config_reference --write README.md")
+        "README.md's configuration reference is stale: run python -m service.governance.config_reference --write README.md")
 
 
 def test_reference_lists_every_setting_with_its_variable_and_default():

@@ -94,16 +94,9 @@ def test_gunicorn_config_two_workers_serve_and_metrics_sum_across_them(tmp_path)
                           if n > 0}
                 if workers <= served:
                     break
-        # Each worker records its figures just after its answers, in batches (service/deferred.py);
-        # a scrape waits for the other worker's (service/metrics.py). The per-worker files read
-        # here directly have no such wait, hence the bounded loop.
-        deadline = time.monotonic() + 5
-        while True:
-            per_worker = per_process_counts(prom, "ivig_cds_http_requests_total", **DISCOVERY)
-            text = requests.get(f"{base}/metrics", timeout=10).text
-            if sum(per_worker.values()) == sent or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # each worker counts a request before its answer leaves: nothing is left to wait for
+        per_worker = per_process_counts(prom, "ivig_cds_http_requests_total", **DISCOVERY)
+        text = requests.get(f"{base}/metrics", timeout=10).text
         assert {pid for pid, n in per_worker.items() if n > 0} == workers, per_worker
         assert 999999 not in per_worker, "the stale metrics file of a previous run was not removed"
         assert sum(per_worker.values()) == sent
@@ -120,8 +113,8 @@ def test_gunicorn_config_two_workers_serve_and_metrics_sum_across_them(tmp_path)
 
 
 def test_a_scrape_right_after_calls_counts_every_one_whichever_worker_answered(tmp_path):
-    """Workers record their figures in batches after the answers (service/deferred.py); the scrape
-    waits for the other workers' last ones, so no call answered before it is missing."""
+    """Each worker counts a call before answering it, so no call answered before a scrape is
+    missing from it, whichever worker answered."""
     port = free_port()
     env = clean_env({
         "IVIG_CDS_DATA_DIR": str(tmp_path / "data"),
@@ -181,7 +174,7 @@ def test_serve_production_starts_answers_and_flushes_on_sigterm(tmp_path):
     assert "deploy-patient-77" not in server.log()
     assert not list(tmpdir.glob("ivig-cds-prometheus-*")), "the server's own metrics directory was left behind"
 
-    from service.storage import open_store
+    from service.storage.sql_store import open_store
 
     store = open_store(load_settings(environ={"IVIG_CDS_DATA_DIR": str(data)}))
     try:
@@ -292,3 +285,42 @@ def test_readiness_follows_postgresql_down_and_back(tmp_path, pg_url):  # noqa: 
         assert "postgres@" not in server.log(), "a database URL reached the log"
     finally:
         proxy.close()
+
+
+def test_the_metrics_port_answers_while_every_request_thread_is_busy(tmp_path):
+    """The master serves the metrics port: a scrape needs no worker thread, and takes none from hooks."""
+    import socket
+
+    port, metrics_port = free_port(), free_port()
+    env = clean_env({
+        "IVIG_CDS_DATA_DIR": str(tmp_path / "data"),
+        "IVIG_CDS_PORT": str(port),
+        "IVIG_CDS_METRICS_PORT": str(metrics_port),
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    })
+    cmd = [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+    with run_server(cmd, env, tmp_path / "cwd", port, tmp_path / "gunicorn.log") as server:
+        base, scrape_url = server.base, f"http://127.0.0.1:{metrics_port}/metrics"
+        assert requests.get(f"{base}/cds-services", timeout=10).status_code == 200
+        # the one request thread reads a body that is slow to come
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        body = b'{"feedback": []}'
+        held.sendall(b"POST /cds-services/ivig-patient-view/feedback HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(0.5)  # the worker has handed the connection to its thread, which waits for the rest
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(requests.get, f"{base}/cds-services", timeout=30)
+            for _ in range(5):
+                scrape = requests.get(scrape_url, timeout=5)
+                assert scrape.status_code == 200
+                assert metric_value(scrape.text, "ivig_cds_http_requests_total", **DISCOVERY) >= 1
+            assert not waiting.done(), "the request thread was free after all: the test proves nothing"
+            held.sendall(body[5:])
+            assert waiting.result(timeout=30).status_code == 200
+        assert b"400" in held.recv(4096).split(b"\r\n", 1)[0]  # the held call's own answer (empty feedback)
+        held.close()
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 200  # development: the service port too
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()

@@ -79,12 +79,15 @@ def _container_env(tmp: Path, venv: Path) -> dict[str, str]:
     # container paths that are volumes / tmpfs there, directories of the test here
     env["IVIG_CDS_DATA_DIR"] = str(tmp / "var-lib-ivig-cds")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "run-prometheus")
+    assert env["IVIG_CDS_METRICS_PORT"] == "9464"  # the image's; 9464 may be taken here
+    env["IVIG_CDS_METRICS_PORT"] = str(free_port())
     env["HOME"] = str(tmp / "home-that-must-stay-unwritten")
     # what a deployment adds (compose.yaml / the Kubernetes Secret)
     env.update({
         "IVIG_CDS_DATABASE_URL": f"sqlite:///{tmp / 'db' / 'ivig-cds.sqlite3'}",
         "IVIG_CDS_SECURITY_TRUSTED_ISSUERS": SANDBOX_PINNED,
         "IVIG_CDS_SECURITY_FHIR_SERVER_ALLOWLIST": "https://*",
+        "IVIG_CDS_SECURITY_PUBLIC_BASE_URL": "https://cds.hospital.example",
         "IVIG_CDS_FEEDBACK_PATIENT_HASH_KEY": "image-test-key",
     })
     return env
@@ -140,7 +143,10 @@ def test_image_entry_command_serves_from_a_plain_venv(image_venv, tmp_path):
         assert {s["hook"] for s in discovery.json()["services"]} >= {"patient-view", "order-sign"}
         # the image's profile is production: a hook call needs a token
         assert requests.post(f"{base}/cds-services/ivig-patient-view", json=hook_request(), timeout=10).status_code == 401
-        assert "ivig_cds_http_requests_total" in requests.get(f"{base}/metrics", timeout=10).text
+        # metrics on the metrics port only: the hooks' port has none to give in production
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 404
+        scrape = requests.get(f"http://127.0.0.1:{env['IVIG_CDS_METRICS_PORT']}/metrics", timeout=10)
+        assert "ivig_cds_http_requests_total" in scrape.text
 
         health = _healthcheck(env, port, empty)
         assert health.returncode == 0, health.stderr

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from hooks.config import GuidelineConfig
-from service.production import GUNICORN_ENV
+from service.ops.production import GUNICORN_ENV
 from service.settings import ENV_LEAF, ENV_PREFIX, Profile, load_settings
 from tests.deploy_support import ROOT, VENV_BIN, DockerIgnore, dockerfile_env, dockerfile_instructions
 
@@ -129,7 +129,11 @@ def test_deployment_is_scaled_probed_limited_and_locked_down(rendered):
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 8080}
+    assert ports == {"http": 8080, "metrics": 9464}
+    config = _one(rendered, "ConfigMap")["data"]
+    assert int(config["IVIG_CDS_METRICS_PORT"]) == ports["metrics"]
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"]) and annotations["prometheus.io/path"] == "/metrics"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in ("http", 8080)
     # non-root, read-only root filesystem, nothing extra
@@ -158,7 +162,7 @@ def test_deployment_matches_the_image(rendered):
     instructions = dockerfile_instructions(DOCKERFILE)
     final = max(i.stage for i in instructions)
     exposed = [i.args for i in instructions if i.keyword == "EXPOSE" and i.stage == final]
-    assert exposed == [str(c["ports"][0]["containerPort"])]
+    assert exposed == [" ".join(str(p["containerPort"]) for p in c["ports"])]
     user = next(i.args for i in instructions if i.keyword == "USER" and i.stage == final)
     assert int(user.split(":")[0]) == dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     image_env = dockerfile_env(instructions, final)
@@ -228,6 +232,7 @@ def test_pod_environment_is_a_valid_production_configuration(rendered):
     assert settings.database_url and settings.database_url.startswith("postgresql")
     assert "connect_timeout=" in settings.database_url
     assert settings.feedback.patient_hash_key
+    assert settings.security.public_base_url and settings.security.public_base_url.startswith("https://")
     issuer = settings.security.trusted_issuers[0]
     jwks_secret = _one(rendered, "Secret", "ivig-cds-jwks")
     mount = "/etc/ivig-cds/jwks"
@@ -255,8 +260,10 @@ def test_network_policy_allows_egress_only_to_dns_database_and_fhir(rendered):
         assert rule.get("to"), "an egress rule without 'to' would allow every destination"
         for peer in rule["to"]:
             assert peer.get("ipBlock", {}).get("cidr") != "0.0.0.0/0"
-    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {8080}
+    ingress = {p["port"]: rule.get("from") for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert set(ingress) == {8080, 9464}
+    # the metrics port only from the monitoring namespace, never from everywhere
+    assert ingress[9464] and all("namespaceSelector" in peer for peer in ingress[9464])
 
 
 def test_yaml_files_pass_yamllint():
@@ -331,6 +338,7 @@ def test_compose_wires_service_database_and_optional_fhir_server():
                                                           db_env["POSTGRES_DB"])
     assert settings.feedback.patient_hash_key
     assert any(p.startswith("http://fhir:8080") for p in settings.security.fhir_server_allowlist)
+    assert settings.security.public_base_url == "http://localhost:8080"  # the published port
     assert set(env) - {k for k in env if k.startswith(ENV_PREFIX)} <= {v.name for v in GUNICORN_ENV}
     # the container runs read-only: the image's writable paths are tmpfs or volumes
     image_env = dockerfile_env(dockerfile_instructions(DOCKERFILE), 1)
@@ -400,7 +408,7 @@ def test_dockerignore_sends_the_sources_and_nothing_else():
         package = pattern.rstrip("*")
         assert (ROOT / package).is_dir()
         assert not ignore.excluded(f"{package}/__init__.py"), f"{package} is left out of the build context"
-    for needed in ("pyproject.toml", pyproject["project"]["readme"], "service/data/sandbox-jwks.json"):
+    for needed in ("pyproject.toml", pyproject["project"]["readme"], "service/auth/sandbox-jwks.json"):
         assert not ignore.excluded(needed), needed
     for unwanted in (".git/config", ".venv/bin/python", "tests/test_smoke.py", "service/__pycache__/app.cpython-311.pyc",
                      "deploy/k8s/secret.yaml", "data/ivig-cds.sqlite3", "Dockerfile"):

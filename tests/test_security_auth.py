@@ -13,13 +13,18 @@ import time
 import pytest
 
 from service.app import create_app
-from service.auth import Authenticator, ClientIdentity, endpoint_url
+from service.auth.tokens import Authenticator, ClientIdentity, endpoint_url
 from service.errors import Unauthorized
-from service.feedback import MemoryFeedbackStore
+from service.settings import ConfigError
+from service.storage.feedback import MemoryFeedbackStore
 from tests.conftest import REFERENCE, make_settings
 from tests.security_helpers import (
+    BASE,
+    HOOK_PATH,
+    HOOK_URL,
     ISSUER,
     PATIENT_VIEW,
+    assert_401,
     bearer,
     claims,
     forge_hs256,
@@ -27,13 +32,11 @@ from tests.security_helpers import (
     jwks,
     new_key,
     patient_view_body,
+    secure_settings,
     sign,
     trusted_issuer,
 )
 
-BASE = "http://localhost"
-HOOK_PATH = f"/cds-services/{PATIENT_VIEW}"
-HOOK_URL = BASE + HOOK_PATH
 FEEDBACK_URL = HOOK_URL + "/feedback"
 DISCOVERY_URL = BASE + "/cds-services"
 SPEC = REFERENCE / "spec-2.0.1"
@@ -47,18 +50,6 @@ def es384():
 @pytest.fixture(scope="module")
 def rs384():
     return new_key("RS384")
-
-
-def secure_settings(tmp_path, issuers, **overrides):
-    """Production profile: tokens required, replay store in an SQLite file under tmp_path."""
-    base = {
-        "profile": "production",
-        "database_url": f"sqlite:///{tmp_path / 'security.sqlite3'}",
-        "security.trusted_issuers": issuers,
-        "security.fhir_server_allowlist": ["http://127.0.0.1:*"],
-    }
-    base.update(overrides)
-    return make_settings(tmp_path, **base)
 
 
 @pytest.fixture
@@ -75,13 +66,6 @@ def call(client, token: str | None, path: str = HOOK_PATH, body=None, **headers)
     if token is not None:
         headers.update(bearer(token))
     return client.post(path, json=body if body is not None else patient_view_body(), headers=headers)
-
-
-def assert_401(resp) -> None:
-    assert resp.status_code == 401, resp.get_data(as_text=True)
-    assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
-    # one generic answer for every failure: nothing that tells an attacker what was wrong
-    assert resp.get_json() == {"error": "unauthorized", "message": "a valid bearer token is required"}
 
 
 # ---------------------------------------------------------------- valid tokens
@@ -158,6 +142,30 @@ def test_issued_in_the_future(client, es384):
 def test_lifetime_longer_than_allowed(client, es384):
     now = int(time.time())
     assert_401(call(client, sign(es384, claims(HOOK_URL, iat=now, exp=now + 3600 + 61))))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("times", [
+    {"iat": NAN},  # compares false with everything: would pass the lifetime check with a far exp
+    {"iat": NAN, "exp": 4_000_000_000},
+    {"exp": NAN},  # would reach the replay store as an expiry it cannot store (503)
+    {"exp": INF},
+    {"iat": -INF},
+    {"nbf": NAN},
+    {"nbf": INF},
+    {"exp": 10 ** 400, "iat": 10 ** 400 - 60},  # past a float's range
+    {"exp": "4000000000"},
+    {"iat": [0]},
+    {"exp": True},
+])
+def test_exp_iat_nbf_must_be_finite_numbers(client, es384, times):
+    """JSON in a JWT may carry NaN and Infinity (PyJWT reads them); none of them is a time."""
+    payload = claims(HOOK_URL, **times)
+    resp = call(client, sign(es384, payload))
+    assert_401(resp)
+    assert call(client, sign(es384, claims(HOOK_URL))).status_code == 200  # the store still answers
 
 
 @pytest.mark.parametrize("claim", ["iss", "aud", "exp", "iat", "jti"])
@@ -306,11 +314,29 @@ def test_forwarded_headers_only_when_behind_proxy(make_client, es384):
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "cds.hospital.example"}
     direct = make_client([trusted_issuer(es384)])
     assert_401(call(direct, sign(es384, claims(public)), **forwarded))
-    proxied = make_client([trusted_issuer(es384)], **{"security.behind_proxy": True})
+    proxied = make_client([trusted_issuer(es384)], **{"security.behind_proxy": True, "security.public_base_url": None})
     assert call(proxied, sign(es384, claims(public)), **forwarded).status_code == 200
     # a client-supplied value before our proxy's is not trusted: the last one counts
     spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "cds.hospital.example, internal.example"}
     assert_401(call(proxied, sign(es384, claims(public)), **spoofed))
+
+
+def test_production_refuses_to_build_the_audience_from_the_callers_host(tmp_path):
+    """Without a public URL (or a proxy it trusts) the expected ``aud`` would follow the Host header:
+    a token minted for another service, sent with that service's Host, would be accepted."""
+    with pytest.raises(ConfigError) as err:
+        secure_settings(tmp_path, [{"iss": ISSUER, "jwks": {"keys": []}}], **{"security.public_base_url": None})
+    assert ("production profile needs IVIG_CDS_SECURITY_PUBLIC_BASE_URL (or IVIG_CDS_SECURITY_BEHIND_PROXY=true)"
+            in str(err.value))
+    assert "security.public_base_url in the --config file" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_token_for_another_service_is_refused_whatever_the_host_header(make_client, es384):
+    other = "http://other-service.example/cds-services/" + PATIENT_VIEW
+    client = make_client([trusted_issuer(es384)])
+    assert_401(call(client, sign(es384, claims(other)), Host="other-service.example"))
+    assert call(client, sign(es384, claims(HOOK_URL)), Host="other-service.example").status_code == 200
 
 
 def test_public_base_url_wins(make_client, es384):

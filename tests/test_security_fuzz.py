@@ -31,9 +31,8 @@ from hypothesis import strategies as st
 
 from hooks.data_needs import PREFETCH
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
-from tests.security_helpers import PATIENT_VIEW, bearer, claims, new_key, sign, trusted_issuer
-from tests.test_security_auth import secure_settings
+from service.storage.feedback import MemoryFeedbackStore
+from tests.security_helpers import PATIENT_VIEW, bearer, claims, new_key, secure_settings, sign, trusted_issuer
 
 FUZZ_EXAMPLES = int(os.environ.get("IVIG_FUZZ_EXAMPLES", "1500"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,

@@ -11,23 +11,27 @@ import pytest
 import requests
 
 from service.app import create_app
-from service.auth import Authenticator, AuthNotReady
-from service.auth_keys import SANDBOX_ISS, SANDBOX_JKU, load_jwks_file, parse_jwks
-from service.feedback import MemoryFeedbackStore
+from service.auth.keys import load_jwks_file, parse_jwks
+from service.auth.tokens import Authenticator, AuthNotReady
+from service.settings import SANDBOX_ISS, SANDBOX_JKU
+from service.storage.feedback import MemoryFeedbackStore
 from tests.conftest import REFERENCE, make_settings
 from tests.security_helpers import (
-    ISSUER,
     FakeClock,
+    HOOK_PATH,
+    HOOK_URL,
+    ISSUER,
+    assert_401,
     bearer,
     claims,
     json_server,
     jwks,
     new_key,
     patient_view_body,
+    secure_settings,
     sign,
     trusted_issuer,
 )
-from tests.test_security_auth import HOOK_PATH, HOOK_URL, assert_401, secure_settings
 
 
 def serve(app, authenticator):

@@ -16,11 +16,11 @@ import pytest
 import requests
 
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
-from service.logging import JsonFormatter, configure_logging
-from tests.security_helpers import PATIENT_VIEW, bearer, claims, json_server, new_key, sign, trusted_issuer
+from service.ops.logging import JsonFormatter, configure_logging
+from service.storage.feedback import MemoryFeedbackStore
+from tests.security_helpers import (PATIENT_VIEW, bearer, claims, json_server, new_key, secure_settings, sign,
+                                    trusted_issuer)
 from tests.servers import live_app
-from tests.test_security_auth import secure_settings
 
 
 class Capture(logging.Handler):
@@ -73,7 +73,9 @@ def test_full_request_cycles_leave_no_secrets_or_identifiers_in_logs(tmp_path, c
         return {k: v for k, v in out.items() if v is not None}
 
     with json_server(empty, routes={"/fhir/Patient": patient}) as fhir:
-        settings = secure_settings(tmp_path, [trusted_issuer(key)])
+        # the server's port is known only once it listens: the audience follows its Host header
+        settings = secure_settings(tmp_path, [trusted_issuer(key)], **{"security.public_base_url": None,
+                                                                       "security.behind_proxy": True})
         app = create_app(settings, store=MemoryFeedbackStore())
         with live_app(app) as base:
             hook_url = f"{base}/cds-services/{PATIENT_VIEW}"
@@ -144,8 +146,8 @@ def test_unknown_service_ids_from_the_url_never_reach_the_log(caplog, tmp_path):
     import logging
 
     from service.app import create_app
-    from service.feedback import MemoryFeedbackStore
     from service.settings import load_settings
+    from service.storage.feedback import MemoryFeedbackStore
 
     app = create_app(load_settings(environ={}, overrides={"data_dir": str(tmp_path)}), store=MemoryFeedbackStore())
     with caplog.at_level(logging.INFO, logger="ivig_cds.access"):

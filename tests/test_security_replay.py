@@ -19,8 +19,8 @@ import pytest
 import requests
 from sqlalchemy import func, select, text
 
-from service.auth_replay import MemoryReplayStore, RedisReplayStore, SqlReplayStore, jwt_replay, replay_key
-from service.db import make_engine, metadata
+from service.auth.replay import MemoryReplayStore, RedisReplayStore, SqlReplayStore, jwt_replay, replay_key
+from service.storage.db import make_engine, metadata
 from tests.security_helpers import ISSUER, bearer, claims, jwks, new_key, patient_view_body, sign
 from tests.servers import free_port, stop_process
 
@@ -149,6 +149,7 @@ def _gunicorn(tmp_path: pathlib.Path, database_url: str, key, port: int, access_
         f'database_url = "{database_url}"\n'
         f'data_dir = "{tmp_path / "data"}"\n'
         "[security]\n"
+        f'public_base_url = "http://127.0.0.1:{port}"\n'
         'fhir_server_allowlist = ["http://127.0.0.1:*"]\n'
         f'trusted_issuers = [{{ iss = "{ISSUER}", jwks_file = "{jwks_path}" }}]\n'
     )
@@ -236,9 +237,8 @@ def _workers_per_batch(access_log: pathlib.Path) -> dict[str, int]:
 @pytest.mark.parametrize("kind", ["database", "memory", "redis"])
 def test_configured_replay_store_rejects_a_replay(tmp_path, request, kind):
     from service.app import create_app
-    from service.feedback import MemoryFeedbackStore
-    from tests.security_helpers import trusted_issuer
-    from tests.test_security_auth import HOOK_PATH, HOOK_URL, assert_401, secure_settings
+    from service.storage.feedback import MemoryFeedbackStore
+    from tests.security_helpers import HOOK_PATH, HOOK_URL, assert_401, secure_settings, trusted_issuer
 
     overrides: dict = {"security.replay_store": kind}
     if kind == "redis":
@@ -255,9 +255,8 @@ def test_configured_replay_store_rejects_a_replay(tmp_path, request, kind):
 
 def test_replay_store_down_fails_closed_with_503(tmp_path):
     from service.app import create_app
-    from service.feedback import MemoryFeedbackStore
-    from tests.security_helpers import trusted_issuer
-    from tests.test_security_auth import HOOK_PATH, HOOK_URL, secure_settings
+    from service.storage.feedback import MemoryFeedbackStore
+    from tests.security_helpers import HOOK_PATH, HOOK_URL, secure_settings, trusted_issuer
 
     key = new_key("ES384")
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
@@ -269,9 +268,8 @@ def test_replay_store_down_fails_closed_with_503(tmp_path):
 
 
 def test_redis_store_needs_a_url(tmp_path):
-    from service.auth import Authenticator, AuthNotReady
-    from tests.security_helpers import trusted_issuer
-    from tests.test_security_auth import secure_settings
+    from service.auth.tokens import Authenticator, AuthNotReady
+    from tests.security_helpers import secure_settings, trusted_issuer
 
     auth = Authenticator(secure_settings(tmp_path, [trusted_issuer(new_key("ES384"))],
                                          **{"security.replay_store": "redis"}))
