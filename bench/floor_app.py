@@ -2,7 +2,7 @@
 
 A bare Flask app whose hook endpoint reads the body, parses it as the service does (orjson) and
 answers ``{"cards": []}``. The benchmark serves it with the same command and configuration as the
-service (``gunicorn -c python:service.gunicorn_conf bench.floor_app:app``), so the difference
+service (``gunicorn -c python:service.ops.gunicorn_conf bench.floor_app:app``), so the difference
 between the two is the service's own work: validation, rules, cards, logging, metrics.
 """
 

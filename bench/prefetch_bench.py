@@ -23,9 +23,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import hooks  # noqa: E402
-from service.fhir_client import Budget, FhirClientPool  # noqa: E402
-from service.models import parse_cds_request  # noqa: E402
-from service.prefetch import PrefetchCompleter, plan_query, render_template  # noqa: E402
+from service.prefetch.fhir_client import Budget, FhirClientPool  # noqa: E402
+from service.protocol.models import parse_cds_request  # noqa: E402
+from service.prefetch.completion import PrefetchCompleter, plan_query, render_template  # noqa: E402
 from service.settings import load_settings  # noqa: E402
 from tests.fhir_stub import Behaviour, FhirStub  # noqa: E402
 

@@ -6,24 +6,30 @@ Why generated: the fixtures are dated relative to ``REFERENCE_TODAY``; the servi
 against the real clock, so every body is moved to today (otherwise every lab would be stale and
 the rules would take a cheaper path than they do in practice). The records:
 
-* ``typical``: order-sign with a draft IVIG order for the IgG-deficiency sample patient
+* typical: order-sign with a draft IVIG order for the IgG-deficiency sample patient
   (fhir_fixtures/sample-igg-deficiency/request-order-sign.json) plus IgG/IgM/IgA history over
   four years: ~75 resources, Ig labs, 23 serotype titers before and after PPSV23, pneumonias
   with their admissions, weight.
-* ``large``: the same call with 1 000 Observations and 200 Conditions: the typical record plus
+* large: the same call with 1 000 Observations and 200 Conditions: the typical record plus
   unrelated labs (CBC, metabolic panel, lipids... over ten years) and unrelated diagnoses.
-* ``patient-view-no-ig``: the most frequent call, a chart opened for a patient without any Ig
-  data (fhir_fixtures/no-immunoglobulin-data) and an ordinary record: chronic diagnoses, visits,
-  vaccinations, medications.
+* quiet: the most frequent call, patient-view for a patient without any Ig data
+  (fhir_fixtures/no-immunoglobulin-data/request-patient-view.json: a weight, a visit, a diagnosis).
+* ordinary: the same patient with an ordinary primary-care record besides: chronic diagnoses,
+  visits, vaccinations, medications, unrelated labs (68 resources), none of them read by the rules.
 
-A ``*.template.json`` holds the same body with the patient id replaced by ``<id>-@@V@@``: the
-wrk script puts a different value there on every request, so every resource differs from any
-seen before and the service's per-resource cache cannot help (the cold path).
+Each record is sent two ways. *Distinct* (``distinct-*``, the headline: every chart opened is
+another patient's record): a template (``<name>.template.json``) in which every resource id,
+every reference, the patient id, the hookInstance and every measured value (``"value"`` of a
+quantity, reference ranges and doses included) carry ``@@V@@``; the wrk script puts a number
+unique to each request there, so no body, resource or value repeats within a run, while the
+clinical content stays what it was (values move by less than 1e-5). *Same body*: the record as
+it is, on every request, as an EHR resends a chart.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -37,8 +43,10 @@ if str(ROOT) not in sys.path:
 from fhir_fixtures import REFERENCE_TODAY, load_json  # noqa: E402
 from fhir_fixtures.builder import Record, coding, shift_dates  # noqa: E402
 
-#: What the wrk script replaces per request in a template body.
+#: What the wrk script replaces per request in a template body (with 12 digits).
 PLACEHOLDER = "@@V@@"
+#: What stands in for a placeholder when the benchmark checks a template itself.
+SAMPLE_TOKEN = "000000100001"
 
 #: Unrelated laboratory tests: (LOINC, display, unit, low, high). None of them is read by the rules.
 UNRELATED_LABS: tuple[tuple[str, str, str, float, float], ...] = (
@@ -109,27 +117,39 @@ VACCINES: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Workload:
-    """One benchmark scenario: which service it calls, with what body, over how many connections."""
+    """One benchmark scenario: which service it calls, with what body, and what it is held to."""
 
     name: str
     title: str
     service_id: str
-    #: the request body as sent
+    #: the request body as sent, or its template (``distinct``)
     body: bytes
     #: FHIR resources in the body, and how many of them the rules read (validated)
     resources: int
     relevant: int
-    connections: int = 4
-    #: every request carries a different record (template body, wrk script varies it)
-    cold: bool = False
-    #: figures are held against the targets (else: reported only)
-    targeted: bool = True
-    #: the absolute p99 bound in milliseconds, when the issue sets one
+    connections: int = 16
+    #: every request carries another record (the body is a template the wrk script varies)
+    distinct: bool = False
+    #: the issue whose targets these are ("22": distinct records; "9": the same body), or None
+    issue: str | None = None
+    #: requests/s at least this times the floor's
+    rps_ratio_min: float | None = None
+    #: p99 at most this times the floor's
+    p99_ratio_max: float | None = None
+    #: p99 below this many milliseconds
     p99_bound_ms: float | None = None
+    #: environment of the service for this workload only (a server of its own is started)
+    service_env: tuple[tuple[str, str], ...] = ()
+    #: the record itself, unvaried (distinct workloads: their cards must be its cards)
+    plain: bytes = b""
 
     @property
     def path(self) -> str:
         return f"/cds-services/{self.service_id}"
+
+    def sample(self, token: str | bytes = SAMPLE_TOKEN) -> bytes:
+        """The body of one request (a template with ``token`` in every placeholder)."""
+        return self.body.replace(PLACEHOLDER.encode(), token if isinstance(token, bytes) else token.encode()) if self.distinct else self.body
 
 
 # ------------------------------------------------------------------ building blocks
@@ -247,9 +267,15 @@ def large_request(today: date, observations: int = 1000, conditions: int = 200) 
     return request
 
 
+def quiet_request(today: date) -> dict[str, Any]:
+    """patient-view for a patient without Ig data: the fixture's own chart (a weight, a visit, a
+    diagnosis), as most charts opened look to this service."""
+    return _fixture_request("no-immunoglobulin-data", "patient-view", today)
+
+
 def patient_view_no_ig_request(today: date) -> dict[str, Any]:
     """patient-view for a patient without Ig data, with an ordinary primary-care record."""
-    request = _fixture_request("no-immunoglobulin-data", "patient-view", today)
+    request = quiet_request(today)
     pid = request["context"]["patientId"]
     _add_to(request, "conditions", _unrelated_conditions(pid, today, 12))
     _add_to(request, "encounters", _visits(pid, today, 20))
@@ -276,13 +302,42 @@ def _relevant(request: dict[str, Any]) -> int:
     return sum(1 for r in _resources(request) if RELEVANT.get(str(r.get("resourceType")), lambda _r: False)(r))
 
 
+_NUMBER = "@@NUMBER:"
+
+
+def _varied(value: Any) -> Any:
+    """``value`` with every id, reference and measured value marked to carry the placeholder."""
+    if isinstance(value, list):
+        return [_varied(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in ("id", "reference") and isinstance(item, str):
+            out[key] = f"{item}-{PLACEHOLDER}"
+        elif key == "value" and isinstance(item, (int, float)) and not isinstance(item, bool) \
+                and "e" not in repr(item):
+            # digits appended after five more zeros: 32 -> 32.00000<12 digits>, 0.35 -> 0.3500000<...>
+            out[key] = f"{_NUMBER}{item}{'' if isinstance(item, float) else '.'}00000"
+        else:
+            out[key] = _varied(item)
+    return out
+
+
 def as_template(request: dict[str, Any]) -> bytes:
-    """The body with the patient id made variable: every resource then names the placeholder."""
-    pid = request["context"]["patientId"]
-    text = json.dumps(request, separators=(",", ":")).replace(f'"{pid}', f'"{pid}-{PLACEHOLDER}') \
-        .replace(f"Patient/{pid}", f"Patient/{pid}-{PLACEHOLDER}")
-    templated = json.loads(text)
-    unvaried = [r for r in _resources(templated) if PLACEHOLDER not in json.dumps(r)]
+    """The request as a template: every id, reference, measured value, the patient id and the
+    hookInstance carry the placeholder (checked: no resource is left unvaried)."""
+    templated = dict(request)
+    templated["hookInstance"] = request["hookInstance"].rsplit("-", 1)[0] + "-" + PLACEHOLDER
+    templated["context"] = {**request["context"], "patientId": f"{request['context']['patientId']}-{PLACEHOLDER}",
+                            "draftOrders": _varied(request["context"].get("draftOrders"))}
+    if templated["context"]["draftOrders"] is None:
+        del templated["context"]["draftOrders"]
+    templated["prefetch"] = _varied(request["prefetch"])
+    text = json.dumps(templated, separators=(",", ":"))
+    text = re.sub(f'"{_NUMBER}([0-9.]+)"', lambda m: m.group(1) + PLACEHOLDER, text)
+    sample = json.loads(text.replace(PLACEHOLDER, SAMPLE_TOKEN))
+    unvaried = [r for r in _resources(sample) if SAMPLE_TOKEN not in json.dumps(r)]
     if unvaried:
         raise ValueError(f"{len(unvaried)} resources would be identical on every request")
     return text.encode()
@@ -291,35 +346,57 @@ def as_template(request: dict[str, Any]) -> bytes:
 def build_workloads(today: date | None = None) -> dict[str, Workload]:
     """Every workload of the benchmark, bodies included, for ``today`` (default: the real today)."""
     today = today or date.today()
-    typical = typical_request(today)
-    large = large_request(today)
-    pv = patient_view_no_ig_request(today)
+    records = {"typical": typical_request(today), "large": large_request(today), "quiet": quiet_request(today),
+               "ordinary": patient_view_no_ig_request(today)}
 
-    def body(request: dict[str, Any]) -> bytes:
-        return json.dumps(request, separators=(",", ":")).encode()
-
-    def make(name: str, title: str, request: dict[str, Any], **kw: Any) -> Workload:
+    def make(name: str, record: str, title: str, *, distinct: bool = False, **kw: Any) -> Workload:
+        request = records[record]
         service_id = "ivig-order-sign" if request["hook"] == "order-sign" else "ivig-patient-view"
-        return Workload(name, title, service_id, as_template(request) if kw.get("cold") else body(request),
-                        len(_resources(request)), _relevant(request), **kw)
+        plain = json.dumps(request, separators=(",", ":")).encode()
+        return Workload(name, title, service_id, as_template(request) if distinct else plain, len(_resources(request)),
+                        _relevant(request), distinct=distinct, plain=plain, **kw)
 
     return {w.name: w for w in (
-        make("typical", "order-sign, IVIG draft, ~75 resources", typical, p99_bound_ms=50.0),
-        make("large", "order-sign, 1000 Observations + 200 Conditions", large, p99_bound_ms=200.0),
-        make("patient-view-no-ig", "patient-view, no Ig data (most frequent call)", pv),
-        make("concurrent-16", "typical at 16 connections", typical, connections=16),
-        make("cold-typical", "typical, a different record every request", typical, cold=True, targeted=False),
-        make("cold-large", "large, a different record every request", large, cold=True, targeted=False),
+        make("distinct-typical", "typical", "order-sign, IVIG draft, ~75 resources", distinct=True, issue="22",
+             rps_ratio_min=0.25),
+        make("distinct-large", "large", "order-sign, 1000 Observations + 200 Conditions", distinct=True, issue="22",
+             rps_ratio_min=0.5, p99_bound_ms=500.0),
+        make("distinct-quiet", "quiet", "patient-view, no Ig data (most frequent call)", distinct=True, issue="22",
+             rps_ratio_min=0.8),
+        make("distinct-ordinary", "ordinary", "patient-view, no Ig data, an ordinary record", distinct=True),
+        make("typical", "typical", "the same body on every call", connections=4, issue="9", rps_ratio_min=0.67,
+             p99_ratio_max=1.5, p99_bound_ms=50.0),
+        make("large", "large", "the same body on every call", connections=4, issue="9", rps_ratio_min=0.67,
+             p99_ratio_max=1.5, p99_bound_ms=200.0),
+        make("quiet", "quiet", "the same body on every call", connections=4, issue="9", rps_ratio_min=0.67,
+             p99_ratio_max=1.5),
+        make("quiet-16", "quiet", "the same body, 16 connections", issue="9", rps_ratio_min=0.67,
+             p99_ratio_max=1.5),
+        make("typical-16", "typical", "the same body, 16 connections", issue="9", rps_ratio_min=0.67,
+             p99_ratio_max=1.5),
+        make("typical-no-memo", "typical", "the same body, answer memo off", connections=4,
+             service_env=(("IVIG_CDS_LIMITS_ANSWER_CACHE_ENTRIES", "0"),)),
     )}
 
 
+#: The mixed run's share of each distinct workload (quiet charts are the most frequent call).
+MIX = (("distinct-quiet", 4), ("distinct-ordinary", 2), ("distinct-typical", 3), ("distinct-large", 1))
+
+
 def write_workloads(out_dir: Path, today: date | None = None) -> dict[str, Workload]:
-    """Write every body to ``out_dir/<name>.json`` (template bodies: ``<name>.template.json``)."""
+    """Write every body to ``out_dir/<name>.json`` (templates: ``<name>.template.json``) and the
+    mixed run's list to ``out_dir/mix.txt``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     workloads = build_workloads(today)
     for w in workloads.values():
-        (out_dir / f"{w.name}{'.template' if w.cold else ''}.json").write_bytes(w.body)
+        body_file(out_dir, w).write_bytes(w.body)
+    (out_dir / "mix.txt").write_text("".join(
+        f"{weight} {workloads[name].path} {body_file(out_dir, workloads[name])}\n" for name, weight in MIX))
     return workloads
+
+
+def body_file(out_dir: Path, workload: Workload) -> Path:
+    return out_dir / f"{workload.name}{'.template' if workload.distinct else ''}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in write_workloads(Path(args[0])).values():
         print(f"{w.name:20} {w.service_id:18} {w.resources:5} resources ({w.relevant} read by the rules), "
-              f"{len(w.body) / 1024:7.1f} KiB{' (template)' if w.cold else ''}")
+              f"{len(w.body) / 1024:7.1f} KiB{' (template)' if w.distinct else ''}")
     return 0
 
 

@@ -1,8 +1,11 @@
--- wrk script of bench/run.py: POST a JSON body over keep-alive connections.
+-- wrk script of bench/run.py: POST JSON bodies over keep-alive connections.
 --   wrk ... -s bench/wrk_post.lua URL -- BODY_FILE MODE TOKENS_FILE NTHREADS NONCE
 -- MODE "fixed": the same body on every request (prepared once).
--- MODE "vary":  BODY_FILE is a template; every "@@V@@" in it becomes a value unique to this
---               request (NONCE, thread, counter), so every request carries a different record.
+-- MODE "vary":  BODY_FILE is a template; every "@@V@@" in it becomes a 12-digit number unique to
+--               this request (its count on this thread, the thread, NONCE), so no body repeats
+--               within a run or between runs with different NONCEs.
+-- MODE "mix":   BODY_FILE lists "WEIGHT PATH TEMPLATE_FILE" lines; requests go to each PATH in
+--               turn, WEIGHT times per round, each with its template varied as in "vary".
 -- TOKENS_FILE (or "-"): one JWT per line; thread i sends lines i, i+N, ... each exactly once.
 -- done() prints one line "BENCH_RESULT {json}" with the figures bench/run.py reads.
 
@@ -33,19 +36,28 @@ local function split(text, sep)
   end
 end
 
-local parts, body, prepared
+local body, prepared
+local templates = {}  -- {path = ..., parts = ...} in the order requests cycle through them
 local tokens, next_token = {}, 1
 local counter = 0
-local nonce = "r"
+local nonce = 0
 
 function init(args)
   local data = read_file(args[1])
   local mode = args[2]
   local tokens_file = args[3]
   local nthreads = tonumber(args[4]) or 1
-  nonce = args[5] or "r"
+  nonce = (tonumber(args[5]) or 0) % 1000
   if mode == "vary" then
-    parts = split(data, "@@V@@")
+    table.insert(templates, {path = nil, parts = split(data, "@@V@@")})
+  elseif mode == "mix" then
+    for line in string.gmatch(data, "[^\n]+") do
+      local weight, path, file = string.match(line, "^(%d+) (%S+) (%S+)$")
+      local parts = split(read_file(file), "@@V@@")
+      for _ = 1, tonumber(weight) do
+        table.insert(templates, {path = path, parts = parts})
+      end
+    end
   else
     body = data
   end
@@ -69,16 +81,21 @@ function request()
   end
   counter = counter + 1
   local headers = {["Content-Type"] = "application/json"}
-  local b = body
-  if parts then
-    b = table.concat(parts, nonce .. "t" .. tid .. "n" .. counter)
+  local b, path = body, nil
+  if #templates > 0 then
+    local t = templates[((counter - 1) % #templates) + 1]
+    -- the count's digits reversed: the ones digit leads, so measured values (which carry the
+    -- number after their own digits) differ between consecutive requests within a double's precision
+    b = table.concat(t.parts, string.reverse(string.format("%07d", counter % 10000000)) ..
+                     string.format("%02d%03d", tid, nonce))
+    path = t.path
   end
   if #tokens > 0 then
     -- past the end the tokens are replayed and refused (401): counted as status errors
     headers["Authorization"] = "Bearer " .. tokens[((next_token - 1) % #tokens) + 1]
     next_token = next_token + 1
   end
-  return wrk.format("POST", nil, headers, b)
+  return wrk.format("POST", path, headers, b)
 end
 
 function done(summary, latency, requests)

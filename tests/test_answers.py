@@ -1,4 +1,4 @@
-"""Answers memoised per record (service/answers.py): a chart sent again gets the same cards, made
+"""Answers memoised per record (service/protocol/answers.py): a chart sent again gets the same cards, made
 for its own call; anything the answer depends on makes a new one; FHIR-server data is never reused."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import fhir_fixtures
 from hooks.cards import reissue
-from service import cds
+from service.protocol import cds
 from tests.cds_validate import without_uuids
 from tests.fhir_server import FhirServer, start_server
 
@@ -114,37 +114,6 @@ def test_a_changed_result_is_decided_afresh(make_client):
     assert [c["source"]["topic"]["code"] for c in second] != [c["source"]["topic"]["code"] for c in first]
 
 
-def test_bodies_filed_under_one_fingerprint_never_get_each_others_answer(make_client, monkeypatch):
-    """Keys are filed under a sample of their bytes; two bodies that share it (forced here: every
-    key one fingerprint) are told apart by comparing the whole key, and the later one takes the place."""
-    import service.answers as answers
-
-    monkeypatch.setattr(answers, "_fingerprint", lambda key: 7)
-    app, client = make_client()
-    memo = app.extensions["ivig_cds"].answers
-    body = request_for("sample-igg-deficiency", "order-sign")
-    changed = with_instance(body)
-    assert _set_igg(_prefetch_resources(changed), 1100)  # every IgG now normal: other cards
-    first, second = post(client, ORDER_SIGN, body), post(client, ORDER_SIGN, changed)
-    assert [c["source"]["topic"]["code"] for c in second] != [c["source"]["topic"]["code"] for c in first]
-    assert len(memo) == 1  # one place: the later body's
-    again = post(client, ORDER_SIGN, with_instance(body))  # decided afresh, not given the other's answer
-    assert without_uuids(again) == without_uuids(first)
-    assert without_uuids(post(client, ORDER_SIGN, with_instance(body))) == without_uuids(first)
-
-
-def test_the_fingerprint_reads_both_ends_and_a_sample_of_the_middle():
-    from service.answers import _STRIDE, _fingerprint
-
-    key = bytes(range(256)) * 200
-    assert _fingerprint(key) == _fingerprint(bytes(key))
-    for position in (0, len(key) - 1, 10 * _STRIDE):  # an end, the other, a sampled byte
-        other = bytearray(key)
-        other[position] ^= 1
-        assert _fingerprint(bytes(other)) != _fingerprint(key)
-    assert _fingerprint(key + b"x") != _fingerprint(key)
-
-
 def test_another_day_or_another_service_url_is_decided_afresh(make_client, monkeypatch):
     app, client = make_client()
     body = request_for("sample-igg-deficiency", "order-sign")
@@ -169,25 +138,6 @@ def test_the_memo_is_bounded_and_can_be_turned_off(make_client):
     off, off_client = make_client(**{"limits.answer_cache_entries": 0})
     post(off_client, ORDER_SIGN, body)
     assert len(off.extensions["ivig_cds"].answers) == 0
-
-
-def test_the_memo_is_bounded_in_bytes_because_its_keys_hold_the_bodies(make_client):
-    """Keys are request bodies: limits.answer_cache_bytes bounds them, and a body larger than the
-    whole budget is answered without being kept."""
-    body = request_for("sample-igg-deficiency", "order-sign")
-    size = len(_key(body))
-    app, client = make_client(**{"limits.answer_cache_bytes": 3 * size + size // 2})
-    memo = app.extensions["ivig_cds"].answers
-    for n in range(6):
-        varied = with_instance(body)
-        varied["context"]["userId"] = f"Practitioner/p{n}"  # same length: every key weighs the same
-        post(client, ORDER_SIGN, varied)
-        assert memo._entries.weight <= 3 * size + size // 2
-    assert len(memo) == 3
-    small, small_client = make_client(**{"limits.answer_cache_bytes": size - 1})
-    cards = post(small_client, ORDER_SIGN, body)
-    assert cards and len(small.extensions["ivig_cds"].answers) == 0
-    assert without_uuids(post(small_client, ORDER_SIGN, with_instance(body))) == without_uuids(cards)
 
 
 def test_reissue_derives_uuids_as_the_cards_are_made():
@@ -245,7 +195,7 @@ def test_answers_read_from_a_fhir_server_are_never_reused(make_client, fhir_serv
 def _key(body: dict[str, Any], raw: bytes | None = None, **overrides):
     import orjson
 
-    from service.answers import AnswerMemo
+    from service.protocol.answers import AnswerMemo
 
     args = {"service_id": ORDER_SIGN, "today": TODAY, "base_url": "http://127.0.0.1:8080", "tenant": None}
     args.update(overrides)
@@ -339,7 +289,7 @@ def _spelled(body: dict[str, Any], escape_first_string: bool) -> bytes:
 @given(first=_BODIES, second=_BODIES, escape=st.tuples(st.booleans(), st.booleans()),
        order=st.permutations(["hookInstance", "hook", "context", "note", "fhirAuthorization"]))
 def test_equal_keys_mean_equal_requests_but_for_hook_instance_and_token(first, second, escape, order):
-    """The argument in service/answers.py, checked on bodies made to collide: one key, one request."""
+    """The argument in service/protocol/answers.py, checked on bodies made to collide: one key, one request."""
     import orjson
 
     first = {k: first[k] for k in order if k in first}
