@@ -12,6 +12,7 @@ stands in for the sandbox's.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import secrets
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -28,6 +30,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+
+import fhir_fixtures
 
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
@@ -93,9 +97,11 @@ def _matches(resource: dict[str, Any], params: dict[str, list[str]]) -> bool:
         if name == "patient":
             if value.rsplit("/", 1)[-1] not in (_ref_id(resource.get("subject")), _ref_id(resource.get("patient"))):
                 return False
-        elif name == "code":
+        elif name in ("code", "category"):
+            concepts = resource.get(name)
+            concepts = concepts if isinstance(concepts, list) else [concepts]
             wanted = {tuple(v.split("|", 1)) if "|" in v else ("", v) for v in value.split(",")}
-            found = {(c.get("system", ""), c.get("code")) for c in _codings(resource.get("code"))}
+            found = {(c.get("system", ""), c.get("code")) for concept in concepts for c in _codings(concept)}
             if not any((s, c) in wanted or ("", c) in wanted for s, c in found):
                 return False
         elif name == "code:text":
@@ -363,3 +369,21 @@ def start_chromium(width: int = 1280, height: int = 2000) -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def mid_interval_record(today: date) -> tuple[list[dict], str, str]:
+    """sample-on-ivig-low-trough plus an IgG drawn a week after its latest infusion (a mid-interval level)."""
+    bundle = copy.deepcopy(fhir_fixtures.load_scenario("sample-on-ivig-low-trough", today)["bundle"])
+    resources = [e["resource"] for e in bundle["entry"]]
+    last_infusion = max(r["effectiveDateTime"][:10] for r in resources
+                        if r["resourceType"] == "MedicationAdministration")
+    drawn = (date.fromisoformat(last_infusion) + timedelta(days=7)).isoformat()
+    template = next(r for r in resources if r["resourceType"] == "Observation"
+                    and any(c.get("code") == "2465-3" for c in r["code"]["coding"]))
+    level = {**copy.deepcopy(template), "id": "mid-interval-igg", "effectiveDateTime": drawn,
+             "valueQuantity": {**template["valueQuantity"], "value": 1150}}
+    bundle["entry"].append({"fullUrl": "urn:uuid:mid-interval-igg", "resource": level})
+    return [bundle], "sample-on-ivig-low-trough", drawn

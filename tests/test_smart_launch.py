@@ -20,8 +20,9 @@ import requests
 
 import fhir_fixtures
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
-from service.smart import COOKIE, SessionStore
+from service.smart.views import COOKIE
+from service.storage.feedback import MemoryFeedbackStore
+from service.storage.smart_sessions import SessionStore
 from tests.conftest import make_settings
 from tests.servers import live_app
 from tests.smart_support import LocalFhir
@@ -134,7 +135,7 @@ def test_ehr_launch_pkce_token_exchange_and_page(service, fhir, caplog):
     # the token never leaves the server: not in pages, redirects, cookies or logs
     for text in (page.text, data.text, callback, r.headers.get("Location", ""), *s.cookies.values()):
         assert token not in text
-    # (werkzeug's line is this test server's access log; `ivig-cds serve` silences it, see service/logging.py)
+    # (werkzeug's line is this test server's access log; `ivig-cds serve` silences it, see service/ops/logging.py)
     for record in [r for r in caplog.records if r.name != "werkzeug"]:
         dump = repr(record.__dict__) + record.getMessage()
         assert token not in dump and PATIENT not in dump and form["code"] not in dump, (record.name, dump[:500])
@@ -177,7 +178,7 @@ def test_callback_from_another_browser_is_refused(service, fhir):
 
 def test_wrong_verifier_gets_no_token(service, fhir, monkeypatch):
     """Fault injection: the challenge sent does not belong to the verifier kept; the EHR must refuse."""
-    import service.smart as smart
+    import service.smart.views as smart
 
     real = smart.pkce_pair
     monkeypatch.setattr(smart, "pkce_pair", lambda: (real()[0], real()[1]))
@@ -242,11 +243,11 @@ def test_a_flood_of_launches_cannot_evict_an_open_session(service, fhir):
 def test_launch_and_page_need_their_parameters(client):
     assert client.get("/smart/launch").status_code == 400
     assert client.get("/smart/launch?iss=http://127.0.0.1:9/fhir").status_code == 400
-    r = client.get("/smart/app")
-    assert r.status_code == 400 and b"?fixture=" in r.data
+    r = client.get("/smart/app")  # neither a launch nor a fixture: the index of scenarios
+    assert r.status_code == 200 and b"?fixture=sample-isolated-igm" in r.data
     assert client.get("/smart/api/patient").status_code == 401
-    assert client.get("/smart/app?fixture=no-such-scenario").status_code == 404
-    assert client.get("/smart/api/patient?fixture=no-such-scenario").status_code == 404
+    assert client.get("/smart/app?fixture=no-such-scenario").status_code == 400
+    assert client.get("/smart/api/patient?fixture=no-such-scenario").status_code == 400
     r = client.get("/smart/app?fixture=sample-isolated-igm")
     assert r.status_code == 200 and b'data-api="/smart/api/patient?fixture=sample-isolated-igm"' in r.data
 

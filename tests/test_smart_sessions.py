@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from service.app import create_app
-from service.db import make_engine
-from service.smart_sessions import SqlSessionStore
-from service.storage import open_store
+from service.storage.db import make_engine
+from service.storage.smart_sessions import SqlSessionStore
+from service.storage.sql_store import open_store
 from tests.conftest import make_settings
 from tests.servers import live_app
 from tests.smart_support import LocalFhir
