@@ -7,8 +7,8 @@ import pathlib
 import pytest
 
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
 from service.settings import Settings, load_settings
+from service.storage.feedback import MemoryFeedbackStore
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy import text
 
-from service.db import make_engine
+from service.storage.db import make_engine
 
 
 def test_many_engines_on_a_fresh_sqlite_file_all_connect(tmp_path):

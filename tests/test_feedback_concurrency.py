@@ -29,10 +29,10 @@ import requests
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from service.storage import alembic_config, feedback
+from service.storage.sql_store import alembic_config, feedback
 from tests.pg import db_url, pg_database, pg_url  # noqa: F401 - fixtures
 from tests.servers import free_port, stop_process
-from tests.test_feedback_store import SERVICE, fb_item, issued, items, store_for
+from tests.storage_support import SERVICE, fb_item, issued, items, store_for
 
 FEEDBACK_URL = f"/cds-services/{SERVICE}/feedback"
 
@@ -125,7 +125,7 @@ def test_workers_starting_together_migrate_once(tmp_path, db_url):  # noqa: F811
         import time
         import alembic.command, alembic.runtime.migration, alembic.script  # imported before the start line
         from service.settings import load_settings
-        from service.storage import open_store
+        from service.storage.sql_store import open_store
         settings = load_settings(environ={{}}, overrides={{"data_dir": {str(tmp_path / 'data')!r},
                                                           "database_url": {db_url!r}}})
         time.sleep(max(0.0, {start_at!r} - time.time()))

@@ -18,62 +18,18 @@ from sqlalchemy import event, inspect, select, text
 
 from hooks.service_def import HookResult
 from service.app import create_app
-from service.db import metadata
 from service.errors import BadRequest, ServiceUnavailable
-from service.feedback import IssuedCard
-from service.models import parse_feedback
-from service.storage import (
+from service.storage.db import metadata
+from service.storage.sql_store import (
     CHUNK,
-    ISSUED_CHUNK,
+    ISSUED_BATCH,
     SqlFeedbackStore,
     feedback,
     issued_card,
-    open_store,
 )
 from tests.conftest import make_settings
 from tests.pg import db_url, pg_database, pg_url  # noqa: F401 - fixtures
-
-SERVICE = "ivig-order-sign"
-STAMP = "2026-01-01T12:00:00.000Z"
-
-
-# ------------------------------------------------------------------ helpers (used by other test files)
-
-
-def fb_item(card: str, outcome: str = "overridden", *, stamp: str = STAMP, accepted: list[str] | None = None,
-            code: str | None = None, display: str | None = None, comment: str | None = None) -> dict[str, Any]:
-    """One CDS Hooks 2.0.1 feedback item, as an EHR sends it."""
-    item: dict[str, Any] = {"card": card, "outcome": outcome, "outcomeTimestamp": stamp}
-    if outcome == "accepted":
-        item["acceptedSuggestions"] = [{"id": s} for s in (accepted or ["suggestion-1"])]
-    if code or comment:
-        item["overrideReason"] = {}
-        if code:
-            item["overrideReason"]["reason"] = {"code": code, "system": "https://ivig-cds.example/override",
-                                                **({"display": display} if display else {})}
-        if comment:
-            item["overrideReason"]["userComment"] = comment
-    return item
-
-
-def items(*raw: dict[str, Any]):
-    return parse_feedback({"feedback": list(raw)})
-
-
-def issued(uuid_: str | None = None, *, topic: str = "ivig-not-indicated", service: str = SERVICE,
-           at: datetime | None = None, suggestions: tuple[tuple[str, str], ...] = (),
-           patient_hash: str | None = "0" * 32) -> IssuedCard:
-    return IssuedCard(
-        uuid=uuid_ or str(uuid.uuid4()), service_id=service, hook_instance=str(uuid.uuid4()), topic=topic,
-        indicator="warning", ruleset_version="test-1", issued_at=at or datetime.now(timezone.utc),
-        suggestion_uuids=tuple(u for u, _ in suggestions), patient_hash=patient_hash,
-        suggestion_labels=tuple(label for _, label in suggestions),
-    )
-
-
-def store_for(tmp_path, url: str, **feedback_settings: Any) -> SqlFeedbackStore:
-    overrides = {f"feedback.{k}": v for k, v in feedback_settings.items()}
-    return open_store(make_settings(tmp_path, database_url=url, **overrides))
+from tests.storage_support import SERVICE, STAMP, fb_item, issued, items, store_for
 
 
 def feedback_rows(store: SqlFeedbackStore) -> list[dict[str, Any]]:
@@ -105,8 +61,8 @@ def test_migrations_create_every_table_of_the_metadata(tmp_path, db_url):  # noq
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    import service.auth_replay  # noqa: F401 - its table is part of the migration
-    from service.storage import alembic_config
+    import service.auth.replay  # noqa: F401 - its table is part of the migration
+    from service.storage.sql_store import alembic_config
 
     s = store_for(tmp_path, db_url)
     try:
@@ -315,16 +271,14 @@ def _count_issued_inserts(engine) -> tuple[list[int], Any]:
     return sizes, lambda: event.remove(engine, "before_cursor_execute", before)
 
 
-@pytest.mark.parametrize("paced, expected", [(True, [ISSUED_CHUNK, ISSUED_CHUNK, 20]), (False, [2 * ISSUED_CHUNK + 20])])
-def test_the_background_writer_writes_in_small_transactions_a_final_flush_in_one(tmp_path, db_url, paced,  # noqa: F811
-                                                                                 expected):
+def test_the_writer_writes_queued_records_in_large_transactions(tmp_path, db_url):  # noqa: F811
     s = store_for(tmp_path, db_url, issued_flush_seconds=3600)
     sizes, stop = _count_issued_inserts(s.engine)
     try:
-        cards = [issued() for _ in range(2 * ISSUED_CHUNK + 20)]
+        cards = [issued() for _ in range(ISSUED_BATCH + 20)]
         s.record_issued(cards)
-        assert s.flush(paced=paced) == len(cards)
-        assert sizes == expected
+        assert s.flush() == len(cards)
+        assert sizes == [ISSUED_BATCH, 20]
         assert s.count()["issued"] == len(cards)
     finally:
         stop()
@@ -389,7 +343,7 @@ def test_records_after_close_are_written_synchronously(tmp_path, db_url):  # noq
 
 
 def test_no_patient_identifier_reaches_the_database(tmp_path, db_url):  # noqa: F811
-    from service.cds import _record_issued
+    from service.protocol.cds import _record_issued
 
     patient_id = "mrn-99887766"
     settings = make_settings(tmp_path, database_url=db_url, **{"feedback.issued_flush_seconds": 0.05})
@@ -455,6 +409,28 @@ def test_feedback_endpoint_is_idempotent_and_marks_unknown_cards(client):
     again = client.post(f"/cds-services/{SERVICE}/feedback", json=body)
     assert again.status_code == 200
     assert again.get_json() == {"stored": 0, "duplicates": 2, "unknownCards": 0}
+
+
+def test_feedback_right_after_a_call_finds_its_cards_still_queued(tmp_path, db_url):  # noqa: F811
+    """The call queues its records before answering; the writer has not run (flush in an hour)."""
+    from prometheus_client import REGISTRY
+
+    from fhir_fixtures import load_json
+    from tests.deploy_support import metric_value
+
+    app = create_app(make_settings(tmp_path, database_url=db_url, **{"feedback.issued_flush_seconds": 3600}))
+    client = app.test_client()
+    try:
+        cards = client.post(f"/cds-services/{SERVICE}",
+                            json=load_json("sample-isolated-igm", "request-order-sign.json")).get_json()["cards"]
+        assert cards and app.extensions["ivig_cds"].store.count()["issued"] == 0
+        resp = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [fb_item(c["uuid"]) for c in cards]})
+        assert resp.get_json() == {"stored": len(cards), "duplicates": 0, "unknownCards": 0}
+        scrape = client.get("/metrics").get_data(as_text=True)
+        assert metric_value(scrape, "ivig_cds_issued_cards_queued") == len(cards)
+    finally:
+        app.extensions["ivig_cds"].close()
+    assert REGISTRY.get_sample_value("ivig_cds_issued_cards_queued") == 0  # written at close
 
 
 def test_feedback_endpoint_refuses_a_malformed_batch_whole(client):

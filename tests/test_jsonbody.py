@@ -7,7 +7,7 @@ import json
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from service.jsonbody import json_depth
+from service.protocol.jsonbody import json_depth
 
 
 def depth(value) -> int:

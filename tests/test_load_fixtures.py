@@ -17,7 +17,7 @@ import pytest
 
 import fhir_fixtures
 from fhir_fixtures import REFERENCE_TODAY
-from service.load_fixtures import LoadFixturesError, run_load_fixtures
+from service.governance.load_fixtures import LoadFixturesError, run_load_fixtures
 from tests.servers import free_port
 from tests.smart_support import LocalFhir
 
@@ -164,7 +164,7 @@ def test_bad_urls_are_refused_before_any_request(url, message):
 def test_timeout_is_a_clear_error(monkeypatch):
     """Fault injection: a server that never answers; the read timeout is shortened for the test."""
     import threading
-    import service.load_fixtures as lf
+    import service.governance.load_fixtures as lf
 
     release = threading.Event()
 

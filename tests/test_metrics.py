@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 import pytest
 
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
-from service import metrics
 from service.app import create_app
-from service.feedback import MemoryFeedbackStore
+from service.ops import metrics
+from service.storage.feedback import MemoryFeedbackStore
 from tests.conftest import make_settings
 from tests.deploy_support import ROOT, clean_env, metric_value
 
@@ -169,7 +169,7 @@ def test_prefetch_and_feedback_recorders_for_other_modules(client):
 def test_recorders_are_safe_before_any_app_exists(tmp_path):
     """A CLI command or a library test calls them without init_app: nothing happens, nothing fails."""
     code = (
-        "from service import metrics\n"
+        "from service.ops import metrics\n"
         "metrics.observe_prefetch('patient', 0.1, ok=False)\n"
         "metrics.count_feedback('accepted')\n"
         "metrics.count_cards('x', ['t'])\n"
@@ -195,9 +195,6 @@ def test_metrics_failure_never_changes_an_answer(client, monkeypatch):
     resp = client.get("/cds-services")
     assert resp.status_code == 200
     assert resp.get_json()["services"]
-    from service.deferred import WORK
-
-    WORK.drain()  # the figures are recorded after the answer, off the request thread
     assert warned == ["could not record request metrics"]
 
 
@@ -206,3 +203,100 @@ def test_openmetrics_when_the_scraper_asks(client):
     assert resp.status_code == 200
     assert resp.content_type.startswith("application/openmetrics-text")
     assert resp.get_data(as_text=True).rstrip().endswith("# EOF")
+
+
+# ------------------------------------------------------------------ who may scrape, and where
+
+TOKEN = "metrics-token-0123456789abcdef"
+
+
+def _production(make_app, tmp_path, **overrides):
+    from tests.security_helpers import new_key, secure_settings, trusted_issuer
+
+    return make_app(secure_settings(tmp_path, [trusted_issuer(new_key("ES384"))], **overrides)).test_client()
+
+
+def test_production_serves_no_metrics_on_the_service_port_by_default(make_app, tmp_path):
+    client = _production(make_app, tmp_path)
+    resp = client.get("/metrics")
+    assert resp.status_code == 404
+    assert resp.mimetype == "application/json"
+    assert "metrics.port" in resp.get_json()["message"] and "metrics.token" in resp.get_json()["message"]
+    assert "ivig_cds_http_requests" not in resp.get_data(as_text=True)
+
+
+def test_with_a_token_every_scrape_must_carry_it(make_app, tmp_path):
+    for client in (_production(make_app, tmp_path, **{"metrics.token": TOKEN}),
+                   make_app(**{"metrics.token": TOKEN}).test_client()):
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            resp = client.get("/metrics", headers=headers)
+            assert resp.status_code == 401, headers
+            assert resp.get_json()["error"] == "unauthorized"
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        ok = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+        assert "ivig_cds_http_requests_total" in ok.get_data(as_text=True)
+
+
+def test_a_scrape_finding_another_in_progress_is_turned_away_at_once(client):
+    """A flood of scrapes must not occupy the request threads: one renders, the others hear 429."""
+    import time
+
+    assert metrics._render_lock.acquire(blocking=False)  # a scrape in progress
+    try:
+        began = time.monotonic()
+        resp = client.get("/metrics")
+        assert time.monotonic() - began < 0.5
+        assert resp.status_code == 429 and resp.headers["Retry-After"] == "1"
+        assert resp.get_json()["error"] == "too_many_requests"
+        assert client.get("/cds-services").status_code == 200
+    finally:
+        metrics._render_lock.release()
+    assert client.get("/metrics").status_code == 200
+
+
+def test_the_metrics_port_serves_metrics_and_nothing_else(app, client):
+    import requests
+
+    from tests.servers import free_port
+
+    settings = app.extensions["ivig_cds"].settings.model_copy(
+        update={"metrics": metrics_settings(port=free_port(), token=TOKEN)})
+    listener = metrics.serve_metrics_port(settings)
+    try:
+        base = f"http://127.0.0.1:{listener.port}"
+        assert client.get("/cds-services").status_code == 200
+        ok = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert ok.status_code == 200 and ok.headers["Content-Type"].startswith("text/plain")
+        assert metric_value(ok.text, REQUESTS, endpoint="cds.discovery", status="200") >= 1
+        refused = requests.get(f"{base}/metrics", timeout=5)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        other = requests.get(f"{base}/cds-services", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert other.status_code == 404 and other.json()["error"] == "not_found"
+        assert requests.post(f"{base}/metrics", timeout=5).status_code == 405
+        openmetrics = requests.get(f"{base}/metrics", timeout=5, headers={
+            "Authorization": f"Bearer {TOKEN}", "Accept": "application/openmetrics-text; version=1.0.0"})
+        assert openmetrics.text.rstrip().endswith("# EOF")
+    finally:
+        listener.close()
+
+
+def test_a_metrics_port_that_cannot_be_opened_is_one_line_naming_it(app):
+    import socket
+
+    from service.settings import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        settings = app.extensions["ivig_cds"].settings.model_copy(update={"metrics": metrics_settings(port=port)})
+        with pytest.raises(ConfigError, match=f"metrics.port {port} on 127.0.0.1 cannot be opened"):
+            metrics.serve_metrics_port(settings)
+
+
+def metrics_settings(**values):
+    from service.settings import MetricsSettings
+
+    return MetricsSettings.model_validate(values)

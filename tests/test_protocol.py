@@ -25,7 +25,8 @@ import pytest
 from flask.testing import FlaskClient
 
 import hooks
-from service.logging import JsonFormatter
+from service.ops.logging import JsonFormatter
+from service.settings import LimitSettings
 from tests.conftest import REFERENCE, SHARED
 
 SPEC = REFERENCE / "spec-2.0.1"
@@ -33,7 +34,7 @@ CARD_TOPICS = SHARED / "contract" / "card-topics.md"
 HOOKS = ("patient-view", "order-sign", "order-select")
 SERVICE_ID = {s.hook: s.id for s in hooks.SERVICES.values()}
 DEFINITION = {s.hook: s for s in hooks.SERVICES.values()}
-#: Context fields each hook requires (CDS Hooks Library 1.0.1), written out independently of service/models.py.
+#: Context fields each hook requires (CDS Hooks Library 1.0.1), written out independently of service/protocol/models.py.
 REQUIRED_CONTEXT = {
     "patient-view": ("userId", "patientId"),
     "order-sign": ("userId", "patientId", "draftOrders"),
@@ -42,7 +43,7 @@ REQUIRED_CONTEXT = {
 #: Prefetch tokens CDS Hooks 2.0.1 defines (only first-level primitive context fields qualify).
 SPEC_TOKENS = {"context.patientId", "context.userId", "context.encounterId", "userPractitionerId",
                "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
-DEFAULT_MAX_BODY = 5 * 1024 * 1024
+DEFAULT_MAX_BODY = LimitSettings().max_body_bytes  # the shipped default, whatever it is
 NEEDS_SHARED = f"{SHARED} is absent: the shared CDS Hooks reference data is needed (it exists on the CI machine)"
 
 
@@ -663,7 +664,7 @@ def _chunked(client: FlaskClient, url: str, raw: bytes):
     return resp
 
 
-@pytest.mark.parametrize("limit", [2048, DEFAULT_MAX_BODY], ids=["small", "default-5MB"])
+@pytest.mark.parametrize("limit", [2048, DEFAULT_MAX_BODY], ids=["small", "default"])
 def test_body_at_the_limit_is_accepted_and_one_byte_more_is_413(make_client, limit):
     client = make_client() if limit == DEFAULT_MAX_BODY else make_client(**{"limits.max_body_bytes": limit})
     url = service_url("patient-view")
@@ -676,7 +677,7 @@ def test_body_at_the_limit_is_accepted_and_one_byte_more_is_413(make_client, lim
     assert_error(_chunked(client, url, over), 413)
 
 
-@pytest.mark.parametrize("limit", [2048, DEFAULT_MAX_BODY], ids=["small", "default-5MB"])
+@pytest.mark.parametrize("limit", [2048, DEFAULT_MAX_BODY], ids=["small", "default"])
 @pytest.mark.parametrize("target", ["service", "feedback"])
 def test_far_too_large_body_is_413_with_or_without_content_length(make_client, limit, target):
     client = make_client() if limit == DEFAULT_MAX_BODY else make_client(**{"limits.max_body_bytes": limit})
@@ -876,7 +877,7 @@ def test_a_call_without_origin_gets_no_cors_headers(client):
 
 
 def test_cors_restricted_to_configured_origins(make_client):
-    client = make_client(**{"security.cors_allow_origins": ["https://ehr.example.org"]})
+    client = make_client(**{"security.cors_origins": ["https://ehr.example.org"]})
     preflight = {"Access-Control-Request-Method": "POST"}
     good = client.options(service_url("order-sign"), headers={"Origin": "https://ehr.example.org", **preflight})
     assert good.headers.get("Access-Control-Allow-Origin") == "https://ehr.example.org"

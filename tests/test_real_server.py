@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from service.app import create_app
+from service.settings import LimitSettings
 from tests.conftest import REFERENCE, SHARED, make_settings
 from tests.servers import cli_server, live_app
 from tests.test_protocol import (DEFINITION, HOOKS, NEEDS_SHARED, SERVICE_ID, SPEC, empty_values, loopback_only,
@@ -120,10 +121,10 @@ def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
     yield b'"}'
 
 
-@pytest.mark.parametrize("limit", [4096, None], ids=["small", "default-5MB"])
+@pytest.mark.parametrize("limit", [4096, None], ids=["small", "default"])
 def test_too_large_bodies_are_413_over_http(serve, http, limit):
     base = serve(**{"limits.max_body_bytes": limit}) if limit else serve()
-    limit = limit or 5 * 1024 * 1024
+    limit = limit or LimitSettings().max_body_bytes
     url = f"{base}/cds-services/{SERVICE_ID['order-sign']}"
     headers = {"Content-Type": "application/json"}
     for data in (b"".join(_chunks(limit + 1)), _chunks(limit + 1), _chunks(limit + 1024 * 1024)):

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from service.app import create_app
 from service.cli import main
-from service.storage import feedback
+from service.storage.sql_store import feedback
 from tests.conftest import make_settings
 from tests.pg import db_url, pg_database, pg_url  # noqa: F401 - fixtures
-from tests.test_feedback_store import SERVICE, fb_item, issued, items, store_for
+from tests.storage_support import SERVICE, fb_item, issued, items, store_for
 
 PV = "ivig-patient-view"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -287,10 +287,10 @@ def test_report_breaks_outcomes_down_by_ruleset_version(tmp_path):
     """A committee can tell which logic produced the overridden cards."""
     from datetime import datetime, timezone
 
-    from service.feedback import IssuedCard
-    from service.models import FeedbackItem
-    from service.reporting import render_csv, render_table
-    from service.storage import open_store
+    from service.protocol.models import FeedbackItem
+    from service.storage.feedback import IssuedCard
+    from service.storage.reporting import render_csv, render_table
+    from service.storage.sql_store import open_store
     from tests.conftest import make_settings
 
     store = open_store(make_settings(tmp_path))

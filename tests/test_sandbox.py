@@ -21,7 +21,7 @@ import pytest
 import requests
 
 import fhir_fixtures
-from service.load_fixtures import run_load_fixtures
+from service.governance.load_fixtures import run_load_fixtures
 from tests.conftest import SHARED
 from tests.servers import cli_server
 from tests.smart_support import SANDBOX_ISS, SANDBOX_JKU, LocalFhir, SandboxSigner
@@ -179,7 +179,7 @@ def test_tokens_the_sandbox_would_not_send_are_refused(service, signer, fhir):
 
 def test_shipped_sandbox_profile_pins_the_sandbox_jwks():
     """The real profile trusts exactly the sandbox issuer with the JWK Set the sandbox publishes."""
-    from service.auth_keys import load_jwks_file
+    from service.auth.keys import load_jwks_file
     from service.settings import load_settings
 
     settings = load_settings(environ={}, overrides={"profile": "sandbox"})
@@ -192,7 +192,7 @@ def test_shipped_sandbox_profile_pins_the_sandbox_jwks():
         pytest.skip(f"{published} (the sandbox's published JWK Set) is not present")
     assert load_jwks_file(issuers[0].jwks_file) == json.loads(published.read_text())
     assert settings.security.require_token and not settings.sample_patients
-    assert "*" in settings.security.cors_allow_origins
+    assert "*" in settings.security.cors_origins
 
 
 def test_readme_walkthrough_with_a_real_fhir_server(tmp_path, signer):

@@ -36,7 +36,15 @@ def test_config_file_from_environment(tmp_path):
     ({"IVIG_CDS_IGM_LOW_MG_DL": "low"}, "invalid setting guideline.igm_low_mg_dl (from env:IVIG_CDS_IGM_LOW_MG_DL)"),
     ({"IVIG_CDS_DOSE_MIN_G_PER_KG": "0.8"}, "dose_min_g_per_kg (0.8) must not exceed dose_max_g_per_kg"),
     ({"IVIG_CDS_PROFILE": "staging"}, "unknown profile 'staging'"),
-    ({"IVIG_CDS_PROFILE": "production"}, "production profile needs security.trusted_issuers"),
+    ({"IVIG_CDS_PROFILE": "production"},
+     'production profile needs IVIG_CDS_SECURITY_TRUSTED_ISSUERS (e.g. \'[{"iss": "https://'),
+    ({"IVIG_CDS_PROFILE": "production", "IVIG_CDS_DATABASE_URL": "postgresql://db/ivig",
+      "IVIG_CDS_SECURITY_FHIR_SERVER_ALLOWLIST": "https://fhir.example.org/*",
+      "IVIG_CDS_SECURITY_TRUSTED_ISSUERS": '[{"iss": "https://ehr.example.org", "jwks_file": "/etc/jwks.json"}]'},
+     "production profile needs IVIG_CDS_SECURITY_PUBLIC_BASE_URL (or IVIG_CDS_SECURITY_BEHIND_PROXY=true) "
+     "(e.g. https://cds.example.org) — or security.public_base_url in the --config file"),
+    ({"IVIG_CDS_SECURITY_PUBLIC_BASE_URL": "cds.example.org"},
+     "invalid setting security.public_base_url (from env:IVIG_CDS_SECURITY_PUBLIC_BASE_URL): must be an absolute"),
 ])
 def test_invalid_configuration_is_one_line_naming_the_problem(environ, fragment):
     with pytest.raises(ConfigError) as err:
