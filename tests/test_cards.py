@@ -173,11 +173,11 @@ def test_summary_clip_keeps_under_140_and_cuts_at_a_word():
 def _dstu2_and_stu3_orders(pid: str) -> list[dict]:
     import json as _json
 
-    from tests.conftest import REFERENCE
+    from tests.conftest import reference
 
     out = []
     for name, rtype in (("request-order-sign-dstu2.json", "MedicationOrder"), ("request-order-sign-stu3.json", "MedicationRequest")):
-        data = _json.loads((REFERENCE / "spec-2.0.1" / name).read_text())
+        data = _json.loads(reference("spec-2.0.1", name).read_text())
         order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"] if e["resource"]["resourceType"] == rtype)
         order = {**order, "medicationCodeableConcept": {"text": "Privigen 10% immune globulin"}}
         order["patient" if rtype == "MedicationOrder" else "subject"] = {"reference": f"Patient/{pid}"}

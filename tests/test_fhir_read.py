@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from hooks.fhir_read import MODEL_CACHE, adapt_shape, read_resources
-from tests.conftest import REFERENCE
+from tests.conftest import reference
 
 IGM = {"resourceType": "Observation", "id": "o1", "status": "final",
        "code": {"coding": [{"system": "http://loinc.org", "code": "2472-9"}]},
@@ -62,7 +62,7 @@ def test_irrelevant_observations_are_not_validated():
 
 
 def test_dstu2_medication_order_becomes_a_medication_request():
-    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-dstu2.json").read_text())
+    data = json.loads(reference("spec-2.0.1", "request-order-sign-dstu2.json").read_text())
     order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
                  if e["resource"]["resourceType"] == "MedicationOrder")
     adapted = adapt_shape({**order, "medicationCodeableConcept": {"text": "Privigen"}})
@@ -76,7 +76,7 @@ def test_dstu2_medication_order_becomes_a_medication_request():
 
 
 def test_stu3_dose_and_rate_object_and_string_statuses_are_adapted():
-    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-stu3.json").read_text())
+    data = json.loads(reference("spec-2.0.1", "request-order-sign-stu3.json").read_text())
     order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
                  if e["resource"]["resourceType"] == "MedicationRequest")
     read = read_resources([{**order, "medicationCodeableConcept": {"text": "IVIG"}}], "1288992")
@@ -136,7 +136,7 @@ def test_bundle_entries_that_are_not_a_list_and_stray_values_are_said():
 
 
 def test_reading_never_changes_the_request():
-    data = json.loads((REFERENCE / "spec-2.0.1" / "request-order-sign-stu3.json").read_text())
+    data = json.loads(reference("spec-2.0.1", "request-order-sign-stu3.json").read_text())
     order = next(e["resource"] for e in data["context"]["draftOrders"]["entry"]
                  if e["resource"]["resourceType"] == "MedicationRequest")
     order = {**order, "medicationCodeableConcept": {"text": "IVIG"}}

@@ -17,7 +17,7 @@ from service.auth.tokens import Authenticator, ClientIdentity, endpoint_url
 from service.errors import Unauthorized
 from service.settings import ConfigError
 from service.storage.feedback import MemoryFeedbackStore
-from tests.conftest import REFERENCE, make_settings
+from tests.conftest import make_settings, reference
 from tests.security_helpers import (
     BASE,
     HOOK_PATH,
@@ -39,7 +39,6 @@ from tests.security_helpers import (
 
 FEEDBACK_URL = HOOK_URL + "/feedback"
 DISCOVERY_URL = BASE + "/cds-services"
-SPEC = REFERENCE / "spec-2.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -398,9 +397,9 @@ def test_reasons(client, es384, caplog, case, reason):
 
 
 def _spec_settings(tmp_path, **overrides):
-    payload = json.loads((SPEC / "jwt-payload.json").read_text())
-    header = json.loads((SPEC / "jwt-header.json").read_text())
-    issuer = {"iss": payload["iss"], "jwks_file": str(SPEC / "jwks.json"), "jku_allowlist": [header["jku"]]}
+    payload = json.loads(reference("spec-2.0.1", "jwt-payload.json").read_text())
+    header = json.loads(reference("spec-2.0.1", "jwt-header.json").read_text())
+    issuer = {"iss": payload["iss"], "jwks_file": str(reference("spec-2.0.1", "jwks.json")), "jku_allowlist": [header["jku"]]}
     base = {
         "security.require_token": True,
         "security.trusted_issuers": [issuer],
@@ -418,7 +417,7 @@ def _verify_spec_token(tmp_path, now=None):
     app = create_app(settings, store=MemoryFeedbackStore())
     kwargs = {"now": now} if now is not None else {}
     auth = Authenticator(settings, **kwargs)  # ``now`` is the documented test-only clock
-    token = (SPEC / "jwt-example.txt").read_text().strip()
+    token = reference("spec-2.0.1", "jwt-example.txt").read_text().strip()
     try:
         with app.test_request_context("/cds-services/some-service", method="POST", headers=bearer(token)):
             from flask import request
@@ -430,7 +429,7 @@ def _verify_spec_token(tmp_path, now=None):
 
 
 def test_spec_example_jwt_verifies_with_a_pinned_clock(tmp_path):
-    payload = json.loads((SPEC / "jwt-payload.json").read_text())
+    payload = json.loads(reference("spec-2.0.1", "jwt-payload.json").read_text())
     identity, payload = _verify_spec_token(tmp_path, now=lambda: payload["exp"] - 10)
     assert identity == ClientIdentity(issuer="https://fhir-ehr.example.com/", tenant=payload["tenant"])
 
@@ -444,8 +443,8 @@ def test_spec_private_jwk_signs_tokens_that_verify(tmp_path):
     """The spec's published private JWK: our parser must keep only its public part."""
     import jwt as pyjwt
 
-    private = pyjwt.PyJWK(json.loads((SPEC / "jwk-private.json").read_text()))
-    settings = secure_settings(tmp_path, [{"iss": ISSUER, "jwks_file": str(SPEC / "jwk-private.json")}])
+    private = pyjwt.PyJWK(json.loads(reference("spec-2.0.1", "jwk-private.json").read_text()))
+    settings = secure_settings(tmp_path, [{"iss": ISSUER, "jwks_file": str(reference("spec-2.0.1", "jwk-private.json"))}])
     # the file is a single JWK, not a JWK Set: it must fail closed
     app = create_app(settings, store=MemoryFeedbackStore())
     client = app.test_client()
@@ -454,7 +453,7 @@ def test_spec_private_jwk_signs_tokens_that_verify(tmp_path):
     app.extensions["ivig_cds"].close()
     # wrapped as a set with its private member, it verifies with the public part only
     set_path = tmp_path / "private-as-set.json"
-    set_path.write_text(json.dumps({"keys": [json.loads((SPEC / "jwk-private.json").read_text())]}))
+    set_path.write_text(json.dumps({"keys": [json.loads(reference("spec-2.0.1", "jwk-private.json").read_text())]}))
     app = create_app(secure_settings(tmp_path, [{"iss": ISSUER, "jwks_file": str(set_path)}]),
                      store=MemoryFeedbackStore())
     keys = app.extensions["ivig_cds"].authenticator.keys.issuers[ISSUER]._pinned.keys

@@ -15,7 +15,7 @@ from service.auth.keys import load_jwks_file, parse_jwks
 from service.auth.tokens import Authenticator, AuthNotReady
 from service.settings import SANDBOX_ISS, SANDBOX_JKU
 from service.storage.feedback import MemoryFeedbackStore
-from tests.conftest import REFERENCE, make_settings
+from tests.conftest import make_settings, reference
 from tests.security_helpers import (
     FakeClock,
     HOOK_PATH,
@@ -185,7 +185,7 @@ def test_jwks_file_and_package_sources(tmp_path):
     path.write_text(json.dumps(jwks(key)))
     assert load_jwks_file(str(path)) == jwks(key)
     packaged = load_jwks_file("package:sandbox-jwks.json")
-    assert packaged == json.loads((REFERENCE / "sandbox" / "jwks.json").read_text())
+    assert packaged == json.loads(reference("sandbox", "jwks.json").read_text())
 
     settings = secure_settings(tmp_path, [{"iss": ISSUER, "jwks_file": str(path)}])
     app = create_app(settings, store=MemoryFeedbackStore())
@@ -253,7 +253,7 @@ def test_sandbox_profile_trusts_exactly_the_sandbox_with_the_packaged_jwks(tmp_p
     auth.ready()
     assert list(auth.keys.issuers) == [SANDBOX_ISS]
     sandbox = auth.keys.issuers[SANDBOX_ISS]
-    published = json.loads((REFERENCE / "sandbox" / "jwks.json").read_text())["keys"][0]
+    published = json.loads(reference("sandbox", "jwks.json").read_text())["keys"][0]
     keys = sandbox.lookup(published["kid"], SANDBOX_JKU)
     assert [k.algorithms for k in keys] == [frozenset({"ES384"})]
     assert sandbox.algorithms == frozenset({"ES384"})
