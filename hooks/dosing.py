@@ -138,7 +138,7 @@ def read_regimen(order: Any, medication: Any, concepts: list[Any]) -> Regimen:
     text_every = _EVERY_TEXT.search(text or "")
     if text_every:
         n, u = float(text_every.group(1)), text_every.group(2).lower()
-        text_days = n * (7 if u.startswith("w") else 30.4375 if u.startswith("mo") else 1)
+        text_days = n * _PERIOD_DAYS["wk" if u.startswith("w") else "mo" if u.startswith("mo") else "d"]
     else:
         text_days = None
     course = ""

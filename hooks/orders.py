@@ -25,6 +25,11 @@ ORDER_TYPES = ("MedicationRequest", "MedicationOrder", "MedicationStatement", "S
 _IGNORED_STATUSES = frozenset({"cancelled", "entered-in-error", "revoked", "stopped"})
 
 
+def _within(value: float, low: float, high: float) -> bool:
+    """low <= value <= high, the bounds included despite float rounding (0.2 g/kg daily for 3 days is 0.6000000000000001 g/kg)."""
+    return low - 1e-9 <= value <= high + 1e-9
+
+
 @dataclass(frozen=True)
 class IvigOrder:
     """One immune globulin order being selected or signed."""
@@ -186,8 +191,8 @@ def ordered_for_other_indication(order: IvigOrder, facts: Facts, cfg: GuidelineC
     if facts.other_indications:
         g_per_kg = order_g_per_kg(order, facts)
         dose_note = f", dose {g_per_kg:.2g} g/kg" if g_per_kg is not None else ""
-        immunomodulatory = (g_per_kg is not None and cfg.immunomodulatory_dose_min_g_per_kg - 1e-9 <= g_per_kg
-                            <= cfg.immunomodulatory_dose_max_g_per_kg + 1e-9)
+        immunomodulatory = (g_per_kg is not None and _within(g_per_kg, cfg.immunomodulatory_dose_min_g_per_kg,
+                                                                cfg.immunomodulatory_dose_max_g_per_kg))
         if immunomodulatory or not order.reasons:
             return Assessment("ordered_for_other_indication", None,
                               f"patient has {facts.other_indications[0]}{dose_note}",
@@ -239,20 +244,20 @@ def dose_outside_replacement_range(order: IvigOrder, facts: Facts, cfg: Guidelin
         weeks = r.every_days / 7
         per_week = g_per_kg / weeks
         low, high = cfg.dose_min_g_per_kg / cfg.interval_max_weeks, cfg.dose_max_g_per_kg / cfg.interval_min_weeks
-        if not low - 1e-9 <= per_week <= high + 1e-9:
+        if not _within(per_week, low, high):
             problems.append(f"{4 * per_week:.2f} g/kg per 4 weeks is {'above' if per_week > high else 'below'} {regimen}")
     else:
-        if not cfg.dose_min_g_per_kg - 1e-9 <= g_per_kg <= cfg.dose_max_g_per_kg + 1e-9:
+        if not _within(g_per_kg, cfg.dose_min_g_per_kg, cfg.dose_max_g_per_kg):
             side = "above" if g_per_kg > cfg.dose_max_g_per_kg else "below"
             problems.append(f"{side} the replacement dose {cfg.dose_min_g_per_kg:g}–{cfg.dose_max_g_per_kg:g} g/kg")
         if r.every_days is not None:
             weeks = r.every_days / 7
-            if not cfg.interval_min_weeks - 1e-9 <= weeks <= cfg.interval_max_weeks + 1e-9:
+            if not _within(weeks, cfg.interval_min_weeks, cfg.interval_max_weeks):
                 problems.append(f"the interval is {'shorter' if weeks < cfg.interval_min_weeks else 'longer'} than "
                                 f"{cfg.interval_min_weeks:g}–{cfg.interval_max_weeks:g} weeks")
     if not problems:
         return NotApplicable("dose_outside_replacement_range", f"{amount}{per_course}{how_often}: within {regimen}")
-    dose = f"{g_per_kg:.2f} g/kg{per_course}{how_often if not frequent_scig else ' ' + interval_words(r.every_days)}"
+    dose = f"{g_per_kg:.2f} g/kg{per_course}{how_often}"
     advice = [f"Replacement dose: {regimen}, adjusted to the trough IgG"]
     if g_per_kg >= cfg.immunomodulatory_dose_min_g_per_kg - 1e-9:
         advice.append(f"{cfg.immunomodulatory_dose_min_g_per_kg:g}–{cfg.immunomodulatory_dose_max_g_per_kg:g} g/kg "
