@@ -567,33 +567,37 @@ def _shown(value: float, unit: str | None) -> str:
     return f"{value:g} {unit}" if unit else f"{value:g}"
 
 
-def _readable_result(obs: Any, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
-    """Date, time and (comparator, value, unit) of a final, dated, valued result; else None with the
-    reason said once in ``problems`` (a result entered in error or cancelled is said too)."""
+def _why_unreadable(obs: Any, today: date) -> tuple[date | None, datetime | None, tuple | None, str | None]:
+    """When the result was drawn, and either its (comparator, value, unit) or, in a clinician's
+    words, why it cannot be used: not final (a result entered in error or cancelled is said so),
+    no date, dated in the future, no value (dataAbsentReason), not a number."""
     status = _code_of(obs.status)
     when, at = observation_time(obs)
     if status in _EXCLUDED_STATUSES:
-        problems.append(_unused(what, when, f"{_EXCLUDED_STATUSES[status]}"))
-        return None
+        return when, at, None, _EXCLUDED_STATUSES[status]
     if status not in FINAL_STATUSES:
-        problems.append(_unused(what, when, f"{status or 'without status'}, not final"))
-        return None
+        return when, at, None, f"{status or 'without status'}, not final"
     if when is None:
-        problems.append(_unused(what, None, "no date"))
-        return None
+        return None, None, None, "no date"
     if when > today:
-        problems.append(_unused(what, when, "dated in the future"))
-        return None
+        return when, at, None, "dated in the future"
     absent = _absent_reason(obs)
     if absent is not None:
-        problems.append(_unused(what, when, f"no value ({absent})"))
-        return None
+        return when, at, None, f"no value ({absent})"
     q = _quantity(obs)
     if q is None:
-        problems.append(_unused(what, when, "no numeric value"))
-        return None
+        return when, at, None, "no numeric value"
     if not math.isfinite(q[1]):
-        problems.append(_unused(what, when, "the value is not a number"))
+        return when, at, None, "the value is not a number"
+    return when, at, q, None
+
+
+def _readable_result(obs: Any, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
+    """Date, time and (comparator, value, unit) of a final, dated, valued result; else None with the
+    reason said once in ``problems``."""
+    when, at, q, why = _why_unreadable(obs, today)
+    if why is not None:
+        problems.append(_unused(what, when, why))
         return None
     return when, at, q
 
@@ -726,14 +730,11 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
     unusable: dict[tuple[date | None, str], list[str]] = {}
     for obs in read.observations("titer"):
         serotype = read.serotype(obs)
-        own: list[str] = []
-        readable = _readable_result(obs, "pneumococcal titer", today, own)
-        if readable is None:
-            when = observation_date(obs)
-            for line in own:
-                unusable.setdefault((when, line.split(": ", 1)[-1].removesuffix(" — not used")), []).append(serotype or "?")
+        when, _at, q, why = _why_unreadable(obs, today)
+        if why is not None:
+            unusable.setdefault((when, why), []).append(serotype or "?")
             continue
-        when, _at, (comparator, value, unit) = readable
+        comparator, value, unit = q
         if serotype is None:
             unusable.setdefault((when, "names no PPSV23 serotype"), []).append("?")
             continue
