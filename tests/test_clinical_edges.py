@@ -330,3 +330,23 @@ def test_a_dose_that_is_not_a_mass_is_said_once_without_its_annotation():
 def test_intervals_are_worded_as_prescribed(days, words):
     assert interval_words(days) == words
 
+
+
+def test_unusable_titers_of_one_draw_are_said_once_with_their_serotypes():
+    """Titers entered in error on one day are one "not used" line naming the serotypes, not one per
+    serotype; a titer without a date is said on its own line."""
+    rec = Record("p", birth="1981-03-02")
+    rec.ppsv23_challenge(protective_post=5, tested=10)
+    vaccinated = next(r["occurrenceDateTime"] for r in rec.resources if r["resourceType"] == "Immunization")
+    drawn = (date.fromisoformat(vaccinated) + timedelta(days=40)).isoformat()
+    for serotype in ("14", "22F"):
+        rec.lab("titer", 2.0, "ug/mL", drawn, code=False, status="entered-in-error",
+                text=f"Streptococcus pneumoniae Danish serotype {serotype} IgG Ab")
+    rec.lab("titer", 2.0, "ug/mL", code=False, text="Streptococcus pneumoniae Danish serotype 9V IgG Ab")
+    del rec.resources[-1]["effectiveDateTime"]
+    p = facts_of(rec).pneumococcal
+    grouped = [line for line in p.problems if "serotypes 14, 22F" in line]
+    assert grouped == [f"pneumococcal titers of {drawn} (serotypes 14, 22F): entered in error — not used"]
+    assert [line for line in p.problems if "without a date" in line] == [
+        "pneumococcal titer without a date (serotype 9V): no date — not used"]
+    assert p.tested == 10
