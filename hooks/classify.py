@@ -38,7 +38,11 @@ def texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
 
 def classify_observation(obs: Any) -> str | None:
     """'IgM', 'IgG', 'IgA', 'titer', 'CD19', 'CD4', 'CD8', 'CD3', 'memory B', 'weight' or None."""
-    texts, codes = texts_and_codes(obs.code)
+    return kind_of(*texts_and_codes(obs.code))
+
+
+def kind_of(texts: list[str], codes: list[tuple[str, str]]) -> str | None:
+    """What a result measures, from its names and (system, code) pairs: LOINC first, then names."""
     loinc = " ".join(c for s, c in codes if s in (vs.LOINC, ""))
     if loinc:
         kind = _kind_by_loinc(loinc)
@@ -92,7 +96,11 @@ def _kind_by_name(text: str) -> str | None:
 
 def serotype_of(obs: Any) -> str | None:
     """The serotype named by the text, else by a verified serotype LOINC code."""
-    texts, codes = texts_and_codes(obs.code)
+    return serotype_named(*texts_and_codes(obs.code))
+
+
+def serotype_named(texts: list[str], codes: list[tuple[str, str]]) -> str | None:
+    """The serotype a titer's names give, else its verified serotype LOINC code."""
     for text in texts:
         serotype = _serotype_in(text)
         if serotype is not None:

@@ -22,7 +22,8 @@ from hooks.dates import add_months, age_years, as_date, fmt_date
 from hooks.classify import names_immune_globulin, names_other_globulin, names_subcutaneous
 from hooks.classify import texts_and_codes as _texts_codes
 from hooks.fhir_read import ReadResult, bare_id
-from hooks.units import COMPARATORS, Measured, parse_value_string, to_kg, to_mg_dl, to_ug_ml
+from hooks.lab_results import LabResult
+from hooks.units import Measured, to_kg, to_mg_dl, to_ug_ml
 
 FINAL_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
 LOW_FLAGS = frozenset({"L", "LL", "LU", "<"})
@@ -358,52 +359,14 @@ def _code_of(status: Any) -> str | None:
     return None
 
 
-def observation_date(obs: Any) -> date | None:
-    return observation_time(obs)[0]
-
-
-def observation_time(obs: Any) -> tuple[date | None, datetime | None]:
-    """When a result was drawn: its date, and its time when the record gives one."""
-    for value in (obs.effectiveDateTime, getattr(obs.effectivePeriod, "start", None), obs.effectiveInstant, obs.issued):
-        d = as_date(value)
-        if d is not None:
-            return d, value if isinstance(value, datetime) else None
-    return None, None
-
-
-def _quantity(obs: Any) -> tuple[str | None, float, str | None] | None:
-    """(comparator, value, unit) from valueQuantity or a numeric valueString."""
-    q = obs.valueQuantity
-    if q is not None and q.value is not None:
-        unit = q.code if q.system == vs.UCUM and q.code else (q.unit or q.code)
-        comparator = q.comparator if q.comparator in COMPARATORS else None
-        return comparator, float(q.value), unit
-    if obs.valueString:
-        return parse_value_string(obs.valueString)
-    return None
-
-
-def _ref_range(obs: Any, convert) -> tuple[float | None, float | None]:
-    for rr in obs.referenceRange or ():
-        low = high = None
-        if rr.low is not None and rr.low.value is not None:
-            low = convert(float(rr.low.value), rr.low.code if rr.low.system == vs.UCUM and rr.low.code else (rr.low.unit or rr.low.code))
-        if rr.high is not None and rr.high.value is not None:
-            high = convert(float(rr.high.value), rr.high.code if rr.high.system == vs.UCUM and rr.high.code else (rr.high.unit or rr.high.code))
+def _ref_range(result: LabResult, convert) -> tuple[float | None, float | None]:
+    """The first reference range whose limits are in a unit the analyte is known in."""
+    for low_end, high_end in result.ranges:
+        low = convert(*low_end) if low_end is not None else None
+        high = convert(*high_end) if high_end is not None else None
         if low is not None or high is not None:
             return low, high
     return None, None
-
-
-def _flags(obs: Any) -> frozenset[str]:
-    out = set()
-    for concept in obs.interpretation or ():
-        for coding in concept.coding or ():
-            if coding.code:
-                out.add(coding.code.upper() if len(coding.code) <= 2 else coding.code)
-        if concept.text and concept.text.strip().lower() in ("low", "l"):
-            out.add("L")
-    return frozenset(out)
 
 
 # ------------------------------------------------------------------ classification of observations
@@ -553,26 +516,16 @@ def _unused(what: str, when: date | None, why: str) -> str:
     return f"{what} of {fmt_date(when)}: {why} — not used" if when else f"{what} without a date: {why} — not used"
 
 
-def _absent_reason(obs: Any) -> str | None:
-    """Why a result has no value (FHIR dataAbsentReason), if the lab said so."""
-    reason = getattr(obs, "dataAbsentReason", None)
-    if reason is None:
-        return None
-    texts, codes = _texts_codes(reason)
-    return (texts[0] if texts else codes[0][1] if codes else "unknown").replace("-", " ")
-
-
 def _shown(value: float, unit: str | None) -> str:
     """A value as it was sent, for saying why it is not used ('85000 mg/dL')."""
     return f"{value:g} {unit}" if unit else f"{value:g}"
 
 
-def _why_unreadable(obs: Any, today: date) -> tuple[date | None, datetime | None, tuple | None, str | None]:
+def _why_unreadable(result: LabResult, today: date) -> tuple[date | None, datetime | None, tuple | None, str | None]:
     """When the result was drawn, and either its (comparator, value, unit) or, in a clinician's
     words, why it cannot be used: not final (a result entered in error or cancelled is said so),
     no date, dated in the future, no value (dataAbsentReason), not a number."""
-    status = _code_of(obs.status)
-    when, at = observation_time(obs)
+    status, when, at = result.status, result.drawn, result.at
     if status in _EXCLUDED_STATUSES:
         return when, at, None, _EXCLUDED_STATUSES[status]
     if status not in FINAL_STATUSES:
@@ -581,10 +534,9 @@ def _why_unreadable(obs: Any, today: date) -> tuple[date | None, datetime | None
         return None, None, None, "no date"
     if when > today:
         return when, at, None, "dated in the future"
-    absent = _absent_reason(obs)
-    if absent is not None:
-        return when, at, None, f"no value ({absent})"
-    q = _quantity(obs)
+    if result.absent is not None:
+        return when, at, None, f"no value ({result.absent})"
+    q = result.quantity
     if q is None:
         return when, at, None, "no numeric value"
     if not math.isfinite(q[1]):
@@ -592,7 +544,7 @@ def _why_unreadable(obs: Any, today: date) -> tuple[date | None, datetime | None
     return when, at, q, None
 
 
-def _readable_result(obs: Any, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
+def _readable_result(obs: LabResult, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
     """Date, time and (comparator, value, unit) of a final, dated, valued result; else None with the
     reason said once in ``problems``."""
     when, at, q, why = _why_unreadable(obs, today)
@@ -641,7 +593,7 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
             resource=_label(obs, read),
             ref_low=low,
             ref_high=high,
-            flags=_flags(obs),
+            flags=obs.flags,
             stale=when < stale_before,
             confounded_by=confounding_dose(when, doses, config.ivig_confounding_months) if doses else None,
             at=at,
@@ -729,7 +681,7 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
     out: list[Titer] = []
     unusable: dict[tuple[date | None, str], list[str]] = {}
     for obs in read.observations("titer"):
-        serotype = read.serotype(obs)
+        serotype = obs.serotype
         when, _at, q, why = _why_unreadable(obs, today)
         if why is not None:
             unusable.setdefault((when, why), []).append(serotype or "?")
@@ -990,9 +942,9 @@ def _subsets(read: ReadResult, today: date, config: GuidelineConfig) -> frozense
     stale_before = add_months(today, -config.stale_lab_months)
     present = set()
     for kind, obs in ((k, o) for k in ("CD19", "CD4", "CD8", "CD3", "memory B") for o in read.observations(k)):
-        if _code_of(obs.status) not in FINAL_STATUSES:
+        if obs.status not in FINAL_STATUSES:
             continue
-        when = observation_date(obs)
+        when = obs.drawn
         if when is not None and stale_before <= when <= today:
             present.add(kind)
     return frozenset(present)

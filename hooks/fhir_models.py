@@ -64,7 +64,7 @@ def _fhir_date(value: Any) -> date | str:
     raise ValueError("not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)")
 
 
-def _fhir_datetime(value: Any) -> datetime | date | str:
+def fhir_datetime(value: Any) -> datetime | date | str:
     if isinstance(value, str):
         return _fhir_datetime_text(value)
     if isinstance(value, datetime):
@@ -85,7 +85,7 @@ def _fhir_datetime_text(value: str) -> datetime | date | str:
     raise ValueError("not a FHIR dateTime (a time needs seconds and a time zone)")
 
 
-def _fhir_instant(value: Any) -> datetime | str:
+def fhir_instant(value: Any) -> datetime | str:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value
     if isinstance(value, str) and _INSTANT.fullmatch(value):
@@ -96,8 +96,8 @@ def _fhir_instant(value: Any) -> datetime | str:
 #: pydantic's own decimal: a number or a decimal string (0.1 stays 0.1), never a boolean, NaN or infinity
 FhirDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
 FhirDate = Annotated[date | str, PlainValidator(_fhir_date)]
-FhirDateTime = Annotated[datetime | date | str, PlainValidator(_fhir_datetime)]
-FhirInstant = Annotated[datetime | str, PlainValidator(_fhir_instant)]
+FhirDateTime = Annotated[datetime | date | str, PlainValidator(fhir_datetime)]
+FhirInstant = Annotated[datetime | str, PlainValidator(fhir_instant)]
 Code = Annotated[str, StringConstraints(pattern=r"^[^\s]+(\s[^\s]+)*$")]
 Uri = Annotated[str, StringConstraints(pattern=r"^\S*$")]
 PositiveInt = Annotated[int, Field(gt=0)]

@@ -29,13 +29,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 from pydantic import ValidationError
 
 from hooks import valuesets as vs
-from hooks.classify import classify_observation, names_immune_globulin, serotype_of
+from hooks import lab_results
+from hooks.lab_results import LabResult
+from hooks.classify import names_immune_globulin
 from hooks.dates import as_date
 from hooks.fhir_models import MODELS, RESOURCE_TYPES, Resource, unknown_elements
 from hooks.lru import BoundedLRU, by_term
@@ -81,9 +83,8 @@ class ReadResult:
     by_type: dict[str, list[Any]] = field(default_factory=dict)
     #: raw id of each validated model (ids can be cut or missing in the model)
     raw_ids: dict[int, str] = field(default_factory=dict)
-    #: Observations grouped by what they measure (hooks/classify.py), and their serotype
-    by_kind: dict[str, list[Any]] = field(default_factory=dict)
-    serotypes: dict[int, str] = field(default_factory=dict)
+    #: results grouped by what they measure (hooks/lab_results.py ``LabResult.kind``)
+    by_kind: dict[str, list[LabResult]] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     #: clinical dates of every resource read (relevant or not), for "is there data in the window"
     clinical_dates: list[date] = field(default_factory=list)
@@ -93,12 +94,9 @@ class ReadResult:
     def of(self, resource_type: str) -> list[Any]:
         return self.by_type.get(resource_type, [])
 
-    def observations(self, kind: str) -> list[Any]:
-        """Observations of one kind: 'IgM', 'IgG', 'IgA', 'titer', 'CD19', ..., 'weight'."""
+    def observations(self, kind: str) -> list[LabResult]:
+        """Results of one kind: 'IgM', 'IgG', 'IgA', 'titer', 'CD19', ..., 'weight'."""
         return self.by_kind.get(kind, [])
-
-    def serotype(self, obs: Any) -> str | None:
-        return self.serotypes.get(id(obs))
 
     def raw_id(self, model: Any) -> str | None:
         return self.raw_ids.get(id(model))
@@ -436,18 +434,15 @@ def adapt_shape(raw: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ validation, cached by content
 
 
-@dataclass(frozen=True, slots=True)
-class Ingest:
+class Ingest(NamedTuple):
     """What one resource the rules can use reads as: the same for every request that sends it."""
 
-    model: Resource | None
+    #: the validated model; for an Observation, the result the rules read (hooks/lab_results.py)
+    model: Any
     #: elements dropped to read it (unreadable, or not FHIR)
     dropped: tuple[str, ...] = ()
     #: why it could not be read (``model`` is None)
     reason: str | None = None
-    #: for an Observation: what it measures (hooks/classify.py) and, for a titer, its serotype
-    kind: str | None = None
-    serotype: str | None = None
 
 
 #: Ingested resources by their serialised form, for readers without a cache of their own
@@ -501,12 +496,14 @@ def ingest(raw: dict[str, Any]) -> Ingest:
 
 
 def _ingest(raw: dict[str, Any]) -> Ingest:
+    if raw.get("resourceType") == "Observation":
+        result = lab_results.from_json(raw)
+        if result is not None:
+            return Ingest(result)
     model, dropped, reason = validate(raw)
-    kind = serotype = None
     if model is not None and model.get_resource_type() == "Observation":
-        kind = classify_observation(model)
-        serotype = serotype_of(model) if kind == "titer" else None
-    return Ingest(model, dropped, reason, kind, serotype)
+        model = lab_results.from_model(model)
+    return Ingest(model, dropped, reason)
 
 
 def validate(raw: Mapping[str, Any]) -> tuple[Resource | None, tuple[str, ...], str | None]:
@@ -607,10 +604,8 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
         if item.dropped:
             out.notes.append(Skipped(label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
         out.by_type.setdefault(rtype, []).append(model)
-        if item.kind is not None:
-            out.by_kind.setdefault(item.kind, []).append(model)
-            if item.serotype is not None:
-                out.serotypes[id(model)] = item.serotype
+        if rtype == "Observation" and model.kind is not None:
+            out.by_kind.setdefault(model.kind, []).append(model)
         if isinstance(rid, str):
             out.raw_ids[id(model)] = rid
         out.labels[id(model)] = label

@@ -44,16 +44,23 @@ def test_a_changed_resource_is_validated_afresh():
 
 
 def test_a_cached_model_is_shared_and_cannot_be_changed():
-    """Requests on other threads read the same model: it is frozen."""
+    """Requests on other threads read the same model: it is frozen (a result as a named tuple,
+    other resources as frozen pydantic models)."""
     import pydantic
     import pytest
 
     bundle, _ = _record()
-    resource = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
-    model = ingest(resource).model
-    assert ingest(copy.deepcopy(resource)).model is model
+    resources = [e["resource"] for e in bundle["entry"]]
+    observation = next(r for r in resources if r["resourceType"] == "Observation")
+    result = ingest(observation).model
+    assert ingest(copy.deepcopy(observation)).model is result
+    condition = next(r for r in resources if r["resourceType"] == "Condition")
+    model = ingest(condition).model
+    assert ingest(copy.deepcopy(condition)).model is model
+    with pytest.raises(AttributeError):
+        result.status = "cancelled"
     with pytest.raises(pydantic.ValidationError):
-        model.status = "cancelled"
+        model.id = "other"
 
 
 def test_only_resources_the_rules_read_are_kept():

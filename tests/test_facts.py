@@ -199,20 +199,19 @@ def test_other_indication_from_active_diagnosis():
     ("S pneumoniae 19A IgG", "19A"),
 ])
 def test_pneumococcal_titers_recognised_by_text(text, serotype):
-    from hooks.classify import classify_observation, serotype_of
     from hooks.fhir_read import read_resources
 
     rec = Record("p").lab("titer", 2.0, "ug/mL", ago(days=3), code=False, text=text)
-    obs = read_resources([rec.bundle()], "p").of("Observation")[0]
-    assert classify_observation(obs) == "titer" and serotype_of(obs) == serotype
+    read = read_resources([rec.bundle()], "p")
+    assert [(r.kind, r.serotype) for r in read.of("Observation")] == [("titer", serotype)]
+    assert read.observations("titer") == read.of("Observation")
 
 
 @pytest.mark.parametrize("text", ["Mycoplasma pneumoniae IgG Ab", "Klebsiella pneumoniae culture",
                                   "Chlamydia pneumoniae IgG", "Streptococcus pyogenes Ab"])
 def test_other_organisms_are_not_pneumococcal_titers(text):
-    from hooks.classify import classify_observation
     from hooks.fhir_read import read_resources
 
     rec = Record("p").lab("titer", 2.0, "ug/mL", ago(days=3), code=False, text=text)
-    models = read_resources([rec.bundle()], "p").of("Observation")
-    assert all(classify_observation(o) != "titer" for o in models)
+    read = read_resources([rec.bundle()], "p")
+    assert all(r.kind != "titer" for r in read.of("Observation")) and read.observations("titer") == []
