@@ -181,7 +181,7 @@ def evaluate_read(read: ReadResult, *, today: date, config: GuidelineConfig,
     if drafts:
         ivig_orders = order_rules.find_ivig_orders(drafts, read)
         draft_labels = frozenset(o.label for o in ivig_orders)
-    facts = extract_facts(read, today, config, clinical_dates=read.clinical_dates, unavailable=unavailable,
+    facts = extract_facts(read, today, config, clinical_dates=read.iter_clinical_dates(), unavailable=unavailable,
                           exclude_orders=draft_labels)
     evaluation = PatientEvaluation(facts, decide(facts, config, ivig_ordered=bool(ivig_orders)), list(read.notes),
                                    ivig_orders)

@@ -905,8 +905,7 @@ def extract_infections(read: ReadResult, today: date, config: GuidelineConfig, c
                                 hospitalised, (_label(cond, read),), active=_condition_active(cond, when, today, config)))
     episodes = _merge(events, config.infection_episode_merge_days)
     missing_keys = [k for k in ("conditions", "encounters") if k in unavailable]
-    clinical_dates = list(clinical_dates)
-    known = any(window_start <= d <= today for d in clinical_dates) or bool(episodes)
+    known = bool(episodes) or any(window_start <= d <= today for d in clinical_dates)
     if missing_keys and not episodes:
         known = False  # which keys, and why, is said with the other unavailable data (unavailable_lines)
     elif not known:

@@ -1,10 +1,10 @@
 """The FHIR R4 elements the rules read, as small validated models.
 
-Each model carries the elements hooks/facts.py, orders.py, classify.py and rules.py read, under
-the attribute names and with the value types of ``fhir.resources.R4B`` (``class_fhir`` for
-``class``, ``Decimal`` quantities, timezone-aware ``datetime`` where FHIR gives a time, ``date``
-where it gives a day, the text itself for a partial date such as ``2026-03``), so the fact
-extraction reads either kind of model alike. Primitive values are checked against FHIR's
+Each model carries the elements hooks/facts.py, orders.py, classify.py, lab_results.py and
+rules.py read, under the attribute names and with the value types of ``fhir.resources.R4B``
+(``class_fhir`` for ``class``, ``Decimal`` quantities, timezone-aware ``datetime`` where FHIR
+gives a time, ``date`` where it gives a day, the text itself for a partial date such as
+``2026-03``), so the fact extraction reads either kind of model alike. Primitive values are checked against FHIR's
 formats (a dateTime with a time needs its zone; a code holds no leading, trailing or double
 spaces; a decimal is a number or a decimal string, never a boolean); an element that fails
 raises, and hooks/fhir_read.py decides whether the resource survives without it.

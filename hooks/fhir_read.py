@@ -17,8 +17,10 @@ Real payloads are imperfect, so reading is lenient in a bounded, reported way:
 
 Resources are selected on the parsed JSON first (type, codes, text), and only those the rules
 can use are built into models (hooks/fhir_models.py): a long-standing patient's record is mostly
-labs, visits and diagnoses the guideline never reads. Built models can be kept by the resource's
-content (``MODEL_CACHE``, ``models_cached_in``), so that a chart sent again is not validated again.
+labs, visits and diagnoses the guideline never reads. An Observation becomes the flat result the
+rules read (hooks/lab_results.py), straight from its JSON when it is well-formed. Built models can
+be kept by the resource's content (``MODEL_CACHE``, ``models_cached_in``), so that a chart sent
+again is not validated again.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ class ReadResult:
     #: results grouped by what they measure (hooks/lab_results.py ``LabResult.kind``)
     by_kind: dict[str, list[LabResult]] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
-    #: clinical dates of every resource read (relevant or not), for "is there data in the window"
-    clinical_dates: list[date] = field(default_factory=list)
+    #: every resource read, relevant or not: what ``iter_clinical_dates`` dates
+    resources: list[dict[str, Any]] = field(default_factory=list, repr=False)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[Skipped] = field(default_factory=list)
 
@@ -104,6 +106,19 @@ class ReadResult:
     def label(self, model: Any) -> str | None:
         """'Observation/abc' as the EHR named it (for cards and the delete action's resourceId)."""
         return self.labels.get(id(model))
+
+    def iter_clinical_dates(self) -> Iterator[date]:
+        """The clinical date of every resource read, relevant or not, worked out as it is asked for:
+        "is there any data in the window" stops at the first recent one, and a long record is mostly
+        resources the rules read for nothing else."""
+        for raw in self.resources:
+            when = _clinical_date(raw)
+            if when is not None:
+                yield when
+
+    @property
+    def clinical_dates(self) -> list[date]:
+        return list(self.iter_clinical_dates())
 
 
 # ------------------------------------------------------------------ collecting
@@ -164,6 +179,8 @@ def bare_id(reference: Any) -> str | None:
     """'Patient/123', 'https://x/fhir/Patient/123/_history/2' and '123' -> '123'."""
     if not isinstance(reference, str) or not reference:
         return None
+    if "/" not in reference:
+        return reference
     text = reference.split("/_history/", 1)[0].rstrip("/")
     return text.rsplit("/", 1)[-1]
 
@@ -174,22 +191,6 @@ def _label(raw: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ relevance (raw, cheap)
-
-
-def _texts_and_codes(concept: Any) -> tuple[list[str], list[tuple[str, str]]]:
-    texts: list[str] = []
-    codes: list[tuple[str, str]] = []
-    if isinstance(concept, dict):
-        if isinstance(concept.get("text"), str):
-            texts.append(concept["text"])
-        codings = concept.get("coding")
-        for coding in codings if isinstance(codings, list) else ():
-            if isinstance(coding, dict):
-                if isinstance(coding.get("display"), str):
-                    texts.append(coding["display"])
-                if isinstance(coding.get("code"), str):
-                    codes.append((str(coding.get("system") or ""), coding["code"]))
-    return texts, codes
 
 
 _OBS_LOINC = (vs.LOINC_IGG | vs.LOINC_IGM | vs.LOINC_IGA | vs.LOINC_IGG_SUBCLASSES | vs.LOINC_LYMPHOCYTE_SUBSETS
@@ -225,8 +226,21 @@ def _ivig_procedure_text(text: str) -> bool:
 
 
 def _concept_matches(concept: Any, coding: Callable[[str, str], bool] | None, text: Callable[[str], bool]) -> bool:
-    texts, codes = _texts_and_codes(concept)
-    return (coding is not None and any(coding(s, c) for s, c in codes)) or any(text(t) for t in texts)
+    """Whether a raw CodeableConcept's codes or names match. Read in place, without collecting
+    them first: a long record's diagnoses and visits are almost all checked for nothing."""
+    if not isinstance(concept, dict):
+        return False
+    codings = concept.get("coding")
+    codings = [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else ()
+    if coding is not None:
+        for item in codings:
+            code = item.get("code")
+            if isinstance(code, str) and coding(str(item.get("system") or ""), code):
+                return True
+    name = concept.get("text")
+    if isinstance(name, str) and text(name):
+        return True
+    return any(isinstance(display := item.get("display"), str) and text(display) for item in codings)
 
 
 def observation_may_matter(raw: Mapping[str, Any]) -> bool:
@@ -533,6 +547,19 @@ def validate(raw: Mapping[str, Any]) -> tuple[Resource | None, tuple[str, ...], 
     return None, tuple(dropped), "not valid FHIR R4 after dropping unreadable fields"
 
 
+def _names_other_patient(raw: Mapping[str, Any], patient_id: str, own_reference: str) -> bool:
+    """Whether a resource's subject is another patient than ``patient_id`` (``own_reference`` is
+    'Patient/<patient_id>', what nearly every resource of a record says)."""
+    for name in _SUBJECT_FIELDS:
+        ref = raw.get(name)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            if ref["reference"] == own_reference:
+                return False
+            break
+    subject = _subject_patient(raw)
+    return subject is not None and subject != patient_id
+
+
 def _subject_patient(raw: Mapping[str, Any]) -> str | None:
     """The Patient id a resource names as its subject (None: none, contained or urn)."""
     if raw.get("resourceType") == "Patient":
@@ -570,15 +597,14 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
     """Read every usable resource of an already flattened list (see ``iter_resources``)."""
     out = ReadResult()
     seen: set[tuple[str, str]] = set()
+    own_reference = f"Patient/{patient_id}"
     for raw in resources:
         rtype = raw.get("resourceType")
         if rtype not in RESOURCE_TYPES:
             name = rtype[:40] if isinstance(rtype, str) else "resource"
             out.skipped.append(Skipped(_label({**raw, "resourceType": name}), "not a FHIR resource type"))
             continue
-        when = _clinical_date(raw)
-        if when is not None:
-            out.clinical_dates.append(when)
+        out.resources.append(raw)
         rtype = "MedicationRequest" if rtype == "MedicationOrder" else rtype
         relevant = RELEVANT.get(rtype)
         if relevant is None or not relevant(raw):
@@ -591,11 +617,9 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
                 continue
             seen.add(dedupe)
         label = f"{raw['resourceType']}/{bid}" if bid is not None else f"{raw['resourceType']} (no id)"
-        if patient_id:
-            subject = _subject_patient(raw)
-            if subject is not None and subject != patient_id:
-                out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
-                continue
+        if patient_id and _names_other_patient(raw, patient_id, own_reference):
+            out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
+            continue
         item = ingest(raw)
         model = item.model
         if model is None:
@@ -621,7 +645,7 @@ _UNDATED = frozenset({"Patient", "Medication", "Practitioner", "Organization"})
 def _clinical_date(raw: Mapping[str, Any]) -> date | None:
     """The first clinical date of a raw resource (None for Patient, Medication and the like).
 
-    ``ReadResult.clinical_dates`` collects them for every resource read, relevant or not: they tell
+    ``ReadResult.iter_clinical_dates`` gives them for every resource read, relevant or not: they tell
     "no infections" (data in the window, none an infection) from "infection history unknown" (no
     data in the window at all) — criteria.md, rule 6.
     """

@@ -262,6 +262,32 @@ def _concept(value: Any, texts: list[str] | None = None, codes: list[tuple[str, 
             codes.append((system or "", code))
 
 
+#: (kind, serotype) by the primitives of a checked ``code``: once per test, not once per result
+_MEASURES: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
+
+
+def _what_it_measures(concept: Any) -> tuple[str | None, str | None]:
+    """(kind, serotype) of a result from its ``code``, checked as ``_concept`` checks it."""
+    if type(concept) is not dict:
+        raise _NotCommon
+    try:
+        key = (concept.get("text"), *[(c.get("system"), c.get("version"), c.get("code"), c.get("display"))
+                                      for c in _list(concept.get("coding"))])
+        known = _MEASURES.get(key)
+    except (AttributeError, TypeError):  # a coding that is no object; a list where a string belongs
+        raise _NotCommon from None
+    if known is None:
+        texts: list[str] = []
+        codes: list[tuple[str, str]] = []
+        _concept(concept, texts, codes)
+        kind = kind_of(texts, codes)
+        known = kind, (serotype_named(texts, codes) if kind == "titer" else None)
+        if len(_MEASURES) >= _CHECKED_AT_MOST:
+            _MEASURES.clear()
+        _MEASURES[key] = known
+    return known
+
+
 def _reference(value: Any) -> None:
     ref = _dict(value)
     if ref is not None:
@@ -328,11 +354,7 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
         if status is None:
             return None
         _checked(("code", status), _code)
-        texts: list[str] = []
-        codes: list[tuple[str, str]] = []
-        if type(raw.get("code")) is not dict:
-            return None
-        _concept(raw["code"], texts, codes)
+        kind, serotype = _what_it_measures(raw.get("code"))
         for concept in map(_item, _list(raw.get("category"))):
             _concept(concept)
         _reference(raw.get("subject"))
@@ -374,7 +396,5 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
             ranges.append((_json_limit(rr.get("low")), _json_limit(rr.get("high"))))
     except _NotCommon:
         return None
-    kind = kind_of(texts, codes)
     drawn, at = _when((effective, start, instant, issued))
-    return LabResult(rid, kind, serotype_named(texts, codes) if kind == "titer" else None, status, drawn, at,
-                     quantity, absent, tuple(ranges), frozenset(flags))
+    return LabResult(rid, kind, serotype, status, drawn, at, quantity, absent, tuple(ranges), frozenset(flags))

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 from hooks.assessment import Assessment, Evidence, NotApplicable, RuleResult, Topic, Verdict
 from hooks.config import GuidelineConfig
 from hooks.dates import add_months, fmt_date
-from hooks.facts import Analyte, Facts, Infection, LabValue, LevelTiming
+from hooks.facts import Analyte, Facts, Infection, LabValue
 from hooks.references import REFERENCES
 
 PV, OS = "patient-view", "order-sign"
