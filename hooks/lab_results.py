@@ -11,7 +11,9 @@ It is made in one of two ways, with the same outcome:
 * ``from_json``: a well-formed Observation, read straight from its JSON. Every element the
   Observation model declares (hooks/fhir_models.py) is checked as the model checks it; at the first
   doubt (an element that fails, an element FHIR does not define, a STU3 shape, a contained
-  resource, a decimal sent as text ...) it answers None and does not guess;
+  resource, a decimal sent as text ...) it answers None and does not guess. What every patient's
+  result of a test shares (status, code, category, flags, reference ranges) is checked and
+  interpreted once per distinct JSON text (``_SHARED``); the rest of each result every time;
 * ``from_model``: any other Observation, through the model (hooks/fhir_read.py ``validate``), which
   drops what it cannot read and says why.
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from typing import Any, NamedTuple
+
+import orjson
 
 from hooks import valuesets as vs
 from hooks.classify import kind_of, serotype_named
@@ -262,32 +266,6 @@ def _concept(value: Any, texts: list[str] | None = None, codes: list[tuple[str, 
             codes.append((system or "", code))
 
 
-#: (kind, serotype) by the primitives of a checked ``code``: once per test, not once per result
-_MEASURES: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
-
-
-def _what_it_measures(concept: Any) -> tuple[str | None, str | None]:
-    """(kind, serotype) of a result from its ``code``, checked as ``_concept`` checks it."""
-    if type(concept) is not dict:
-        raise _NotCommon
-    try:
-        key = (concept.get("text"), *[(c.get("system"), c.get("version"), c.get("code"), c.get("display"))
-                                      for c in _list(concept.get("coding"))])
-        known = _MEASURES.get(key)
-    except (AttributeError, TypeError):  # a coding that is no object; a list where a string belongs
-        raise _NotCommon from None
-    if known is None:
-        texts: list[str] = []
-        codes: list[tuple[str, str]] = []
-        _concept(concept, texts, codes)
-        kind = kind_of(texts, codes)
-        known = kind, (serotype_named(texts, codes) if kind == "titer" else None)
-        if len(_MEASURES) >= _CHECKED_AT_MOST:
-            _MEASURES.clear()
-        _MEASURES[key] = known
-    return known
-
-
 def _reference(value: Any) -> None:
     ref = _dict(value)
     if ref is not None:
@@ -342,24 +320,98 @@ def _instant(value: Any) -> Any:
         raise _NotCommon from None
 
 
+class _Shared(NamedTuple):
+    """What a result's shared elements say (see ``_SHARED``)."""
+
+    kind: str | None
+    serotype: str | None
+    absent: str | None
+    ranges: tuple[tuple[Limit | None, Limit | None], ...]
+    flags: frozenset[str]
+
+
+#: The shared elements of a result, interpreted, by their JSON text (None: outside the common
+#: shape). Every patient's result of one test from one lab carries the same status, code,
+#: category, flags and reference ranges; only its id, subject, times and value differ, and those
+#: are checked on every result. The JSON text is an exact key: values that differ in any way
+#: (1 and 1.0, true and 1, key order) have different texts.
+_SHARED: dict[bytes, _Shared | None] = {}
+_SHARED_AT_MOST = 4096
+
+
+def _shared(status: Any, code: Any, category: Any, coded_value: Any, absent_reason: Any, interpretation: Any,
+            reference_ranges: Any) -> _Shared:
+    """Checks and interprets the shared elements (raises ``_NotCommon``)."""
+    _checked(("code", status), _code)
+    texts: list[str] = []
+    codes: list[tuple[str, str]] = []
+    if type(code) is not dict:
+        raise _NotCommon
+    _concept(code, texts, codes)
+    kind = kind_of(texts, codes)
+    for concept in map(_item, _list(category)):
+        _concept(concept)
+    _concept(coded_value)
+    absent = None
+    if absent_reason is not None:
+        absent_texts: list[str] = []
+        absent_codes: list[tuple[str, str]] = []
+        _concept(absent_reason, absent_texts, absent_codes)
+        absent = _absent_words(absent_texts, absent_codes)
+    flags: set[str] = set()
+    for concept in map(_item, _list(interpretation)):
+        flag_codes: list[tuple[str, str]] = []
+        _concept(concept, None, flag_codes)
+        _add_flags(flags, [c for _, c in flag_codes], concept.get("text"))
+    ranges = []
+    for rr in map(_item, _list(reference_ranges)):
+        _concept(rr.get("type"))
+        for concept in map(_item, _list(rr.get("appliesTo"))):
+            _concept(concept)
+        age = _dict(rr.get("age"))
+        if age is not None:
+            _json_quantity(age.get("low"))
+            _json_quantity(age.get("high"))
+        _str(rr.get("text"))
+        ranges.append((_json_limit(rr.get("low")), _json_limit(rr.get("high"))))
+    return _Shared(kind, serotype_named(texts, codes) if kind == "titer" else None, absent, tuple(ranges),
+                   frozenset(flags))
+
+
+def _shared_of(raw: dict[str, Any]) -> _Shared | None:
+    parts = (raw.get("status"), raw.get("code"), raw.get("category"), raw.get("valueCodeableConcept"),
+             raw.get("dataAbsentReason"), raw.get("interpretation"), raw.get("referenceRange"))
+    try:
+        key = orjson.dumps(parts)
+    except TypeError:  # an integer beyond 64 bits, nesting orjson will not write: the model decides
+        return None
+    try:
+        return _SHARED[key]
+    except KeyError:
+        pass
+    try:
+        shared: _Shared | None = _shared(*parts)
+    except _NotCommon:
+        shared = None
+    if len(_SHARED) >= _SHARED_AT_MOST:
+        _SHARED.clear()
+    _SHARED[key] = shared
+    return shared
+
+
 def from_json(raw: dict[str, Any]) -> LabResult | None:
     """The result of a well-formed Observation, or None when the model must read it."""
-    if not raw.keys() <= _KNOWN or raw.get("contained") is not None:
-        return None  # an element FHIR does not define (noted by the model), or a contained resource
+    if not raw.keys() <= _KNOWN or raw.get("contained") is not None or raw.get("status") is None:
+        return None  # an element FHIR does not define (noted by the model), a contained resource, no status
+    shared = _shared_of(raw)
+    if shared is None:
+        return None
     try:
         rid = raw.get("id")
         if rid is not None and (type(rid) is not str or _ID.fullmatch(rid) is None):
             return None  # 'Observation/x' and the like: the model path cuts it
-        status = raw.get("status")
-        if status is None:
-            return None
-        _checked(("code", status), _code)
-        kind, serotype = _what_it_measures(raw.get("code"))
-        for concept in map(_item, _list(raw.get("category"))):
-            _concept(concept)
         _reference(raw.get("subject"))
         _reference(raw.get("encounter"))
-        _concept(raw.get("valueCodeableConcept"))
         effective = _datetime(raw.get("effectiveDateTime"))
         period = _dict(raw.get("effectivePeriod"))
         start = None
@@ -370,31 +422,10 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
         issued = _instant(raw.get("issued"))
         value_string = _str(raw.get("valueString"))
         q = _json_quantity(raw.get("valueQuantity"))
-        quantity = _quantity(q[0], q[1], q[2], None) if q is not None and q[0] is not None \
-            else _quantity(None, None, None, value_string)
-        absent = None
-        if raw.get("dataAbsentReason") is not None:
-            absent_texts: list[str] = []
-            absent_codes: list[tuple[str, str]] = []
-            _concept(raw["dataAbsentReason"], absent_texts, absent_codes)
-            absent = _absent_words(absent_texts, absent_codes)
-        flags: set[str] = set()
-        for concept in map(_item, _list(raw.get("interpretation"))):
-            flag_codes: list[tuple[str, str]] = []
-            _concept(concept, None, flag_codes)
-            _add_flags(flags, [c for _, c in flag_codes], concept.get("text"))
-        ranges = []
-        for rr in map(_item, _list(raw.get("referenceRange"))):
-            _concept(rr.get("type"))
-            for concept in map(_item, _list(rr.get("appliesTo"))):
-                _concept(concept)
-            age = _dict(rr.get("age"))
-            if age is not None:
-                _json_quantity(age.get("low"))
-                _json_quantity(age.get("high"))
-            _str(rr.get("text"))
-            ranges.append((_json_limit(rr.get("low")), _json_limit(rr.get("high"))))
     except _NotCommon:
         return None
+    quantity = _quantity(q[0], q[1], q[2], None) if q is not None and q[0] is not None \
+        else _quantity(None, None, None, value_string)
     drawn, at = _when((effective, start, instant, issued))
-    return LabResult(rid, kind, serotype, status, drawn, at, quantity, absent, tuple(ranges), frozenset(flags))
+    return LabResult(rid, shared.kind, shared.serotype, raw["status"], drawn, at, quantity, shared.absent,
+                     shared.ranges, shared.flags)
