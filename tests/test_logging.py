@@ -158,6 +158,47 @@ def test_the_access_line_carries_its_fields_in_order(monkeypatch):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
 
 
+def test_the_access_line_is_the_same_whether_made_in_the_request_or_by_the_writer(monkeypatch):
+    """With only our writer listening, the access line is made in the request's thread and queued
+    as text; with anyone else listening (a capture, a deployment's handler) it is a record they get
+    too. The line written is the same either way."""
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    prepared: list[str] = []
+    original_prepare = cds_logging.RequestQueueHandler.prepare
+    monkeypatch.setattr(cds_logging.RequestQueueHandler, "prepare",
+                        lambda self, record: prepared.append(record.name) or original_prepare(self, record))
+    lines = []
+    for others in ([], [Capture()]):
+        stream = io.StringIO()
+
+        def requests() -> None:
+            root = logging.getLogger()
+            root.handlers[:] = [h for h in root.handlers if getattr(h, "_ivig_cds", False)] + others
+            app = Flask("t")
+            cds_logging.init_app(app)
+
+            @app.get("/cds-services/<service_id>")
+            def view(service_id):
+                from flask import g
+
+                g.cds_topics, g.cds_ruleset = ["ivig-not-indicated"], "rs-1"
+                return "ok"
+
+            app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "req-1"})
+
+        _with_logging(stream, monkeypatch, requests)
+        (line,) = [x for x in _ours(stream) if x["logger"] == "ivig_cds.access"]
+        lines.append({k: v for k, v in line.items() if k not in ("time", "duration_ms")} | {"keys": list(line)})
+    assert lines[0] == lines[1]
+    assert [r.name for r in captured] == ["ivig_cds.access"]  # the capture got its record
+    assert prepared == ["ivig_cds.access"]  # as a record only when another handler listened
+
+
 def test_timestamps_keep_milliseconds_across_second_boundaries():
     import time
 

@@ -34,10 +34,18 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
 
 
+#: The last second a line was written in, as (seconds, its text): most lines share their second.
+_SECOND: tuple[int, str] = (-1, "")
+
+
 def timestamp(created: float) -> str:
     """``created`` (seconds since the epoch) as the lines write it: UTC, milliseconds, ``Z``."""
+    global _SECOND
     whole = int(created)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{int((created - whole) * 1000):03d}Z"
+    second = _SECOND
+    if second[0] != whole:
+        second = _SECOND = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 def json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
@@ -63,11 +71,16 @@ class JsonFormatter(logging.Formatter):
             fields["exception"], fields["stack"] = _safe_stack(record.exc_info)
         elif getattr(record, "exception", None):  # reduced already by RequestQueueHandler
             fields["exception"], fields["stack"] = record.exception, getattr(record, "stack", [])
-        level, message = record.levelname.lower(), record.getMessage()
-        try:
-            return json_line(record.created, level, record.name, message, fields)
-        except TypeError:  # a field orjson cannot write (an integer beyond 64 bits): the line without them
-            return json_line(record.created, level, record.name, message, {"event": "log_fields_unwritable"})
+        return safe_json_line(record.created, record.levelname.lower(), record.name, record.getMessage(), fields)
+
+
+def safe_json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+    """``json_line``, or the line without its fields when one cannot be written (an integer beyond
+    64 bits): the message is never lost for a field."""
+    try:
+        return json_line(created, level, logger, message, fields)
+    except TypeError:
+        return json_line(created, level, logger, message, {"event": "log_fields_unwritable"})
 
 
 def _current_request_id() -> str | None:
@@ -167,7 +180,10 @@ class LogWriter:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-            self.handler.handle(item)
+            if isinstance(item, str):  # a line formatted where it was logged (``log_access``)
+                self.handler.add_line(item)
+            else:
+                self.handler.handle(item)
         self.handler.write_pending()
 
     def stop(self) -> None:
@@ -177,6 +193,7 @@ class LogWriter:
 
 
 _listener: LogWriter | None = None
+_queue_handler: RequestQueueHandler | None = None
 
 
 def _stop_listener() -> None:
@@ -189,7 +206,7 @@ def _stop_listener() -> None:
 def configure_logging(level: str = "INFO") -> None:
     """Route every logger of the process through one JSON handler on stderr, written by a
     background thread (records are queued; the queue is drained at exit)."""
-    global _listener
+    global _listener, _queue_handler
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_ivig_cds", False):
@@ -201,6 +218,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler._ivig_cds = True  # type: ignore[attr-defined]
     _listener = LogWriter(handler.queue, stream)
     _listener.start()
+    _queue_handler = handler
     root.addHandler(handler)
     root.setLevel(level.upper())
     # werkzeug's access log prints the full URL and client address in plain text; ours replaces it.
@@ -234,6 +252,33 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _written_only_by_us(logger: logging.Logger) -> bool:
+    """Whether a record of ``logger`` would reach our queue and nothing else: no filter, no other
+    handler on it or a parent (a test's capture, a deployment's own handler)."""
+    ours = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or any(h is not _queue_handler for h in node.handlers):
+            return False
+        ours = ours or bool(node.handlers)
+        node = node.parent if node.propagate else None
+    return ours and not _queue_handler.filters  # type: ignore[union-attr]
+
+
+def log_access(logger: logging.Logger, fields: dict[str, Any]) -> None:
+    """One access line. When only our writer listens, the line is made here and queued as text:
+    the record, its copy and the formatter cost more than the rest of a quiet call's logging, on
+    every call. Otherwise it is logged as any record is, to whatever listens."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    listener = _listener
+    if listener is None or not _written_only_by_us(logger):
+        logger.info("request", extra=fields)
+        return
+    listener.queue.put(safe_json_line(time.time(), "info", logger.name, "request",
+                                      {k: v for k, v in fields.items() if v is not None}))
+
+
 def init_app(app: Flask) -> None:
     """A request id on every request (accepting a sane X-Request-ID) and one access line each."""
     access = logging.getLogger("ivig_cds.access")
@@ -252,7 +297,7 @@ def init_app(app: Flask) -> None:
         started = here.get("started")
         topics = here.get("cds_topics")
         rule = req.url_rule
-        access.info("request", extra={
+        log_access(access, {
             "request_id": request_id or None,
             "method": req.method,
             # the route pattern, not the URL: paths may carry ids in future endpoints
