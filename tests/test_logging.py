@@ -131,23 +131,24 @@ def test_request_ids_are_unique_and_differ_in_a_forked_worker():
     assert len(child) == 100 and not set(child) & set(parent)
 
 
+def _one_hook_call() -> None:
+    """A hook call that issued one card, through an app with the logging hooks only."""
+    app = Flask("t")
+    cds_logging.init_app(app)
+
+    @app.get("/cds-services/<service_id>")
+    def view(service_id):
+        from flask import g
+
+        g.cds_topics, g.cds_ruleset = ["ivig-not-indicated"], "rs-1"
+        return "ok"
+
+    app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "req-1"})
+
+
 def test_the_access_line_carries_its_fields_in_order(monkeypatch):
     stream = io.StringIO()
-
-    def requests() -> None:
-        app = Flask("t")
-        cds_logging.init_app(app)
-
-        @app.get("/cds-services/<service_id>")
-        def view(service_id):
-            from flask import g
-
-            g.cds_topics, g.cds_ruleset = ["ivig-not-indicated"], "rs-1"
-            return "ok"
-
-        app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "req-1"})
-
-    _with_logging(stream, monkeypatch, requests)
+    _with_logging(stream, monkeypatch, _one_hook_call)
     (line,) = [x for x in _ours(stream) if x["logger"] == "ivig_cds.access"]
     assert list(line) == ["time", "level", "logger", "message", "request_id", "method", "path", "service", "status",
                           "duration_ms", "cards", "topics", "ruleset"]
@@ -179,17 +180,7 @@ def test_the_access_line_is_the_same_whether_made_in_the_request_or_by_the_write
         def requests() -> None:
             root = logging.getLogger()
             root.handlers[:] = [h for h in root.handlers if getattr(h, "_ivig_cds", False)] + others
-            app = Flask("t")
-            cds_logging.init_app(app)
-
-            @app.get("/cds-services/<service_id>")
-            def view(service_id):
-                from flask import g
-
-                g.cds_topics, g.cds_ruleset = ["ivig-not-indicated"], "rs-1"
-                return "ok"
-
-            app.test_client().get("/cds-services/ivig-order-sign", headers={"X-Request-ID": "req-1"})
+            _one_hook_call()
 
         _with_logging(stream, monkeypatch, requests)
         (line,) = [x for x in _ours(stream) if x["logger"] == "ivig_cds.access"]
