@@ -267,6 +267,8 @@ def _concept(value: Any, texts: list[str] | None = None, codes: list[tuple[str, 
 
 
 def _reference(value: Any) -> None:
+    if value is None or (type(value) is dict and len(value) == 1 and type(value.get("reference")) is str):
+        return  # absent, or a plain reference: what nearly every result's subject is
     ref = _dict(value)
     if ref is not None:
         _str(ref.get("reference"))
@@ -399,15 +401,6 @@ def _shared_of(raw: dict[str, Any]) -> _Shared | None:
     return shared
 
 
-def _simple_reference(value: Any) -> bool:
-    """Whether ``value`` is absent or a Reference of a plain ``reference`` only (what nearly every
-    result's subject is); else the full check decides (``_reference``, raises ``_NotCommon``)."""
-    if value is None or (type(value) is dict and len(value) == 1 and type(value.get("reference")) is str):
-        return True
-    _reference(value)
-    return True
-
-
 def from_json(raw: dict[str, Any]) -> LabResult | None:
     """The result of a well-formed Observation, or None when the model must read it."""
     if not raw.keys() <= _KNOWN or raw.get("contained") is not None or raw.get("status") is None:
@@ -419,17 +412,14 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
     if rid is not None and (type(rid) is not str or _ID.fullmatch(rid) is None):
         return None  # 'Observation/x' and the like: the model path cuts it
     try:
-        _simple_reference(raw.get("subject"))
-        _simple_reference(raw.get("encounter"))
-        effective = raw.get("effectiveDateTime")
-        if effective is not None:
-            effective = _datetime(effective)
+        _reference(raw.get("subject"))
+        _reference(raw.get("encounter"))
+        effective = _datetime(raw.get("effectiveDateTime"))
+        period = _dict(raw.get("effectivePeriod"))
         start = None
-        if "effectivePeriod" in raw:
-            period = _dict(raw["effectivePeriod"])
-            if period is not None:
-                start = _datetime(period.get("start"))
-                _datetime(period.get("end"))
+        if period is not None:
+            start = _datetime(period.get("start"))
+            _datetime(period.get("end"))
         instant = _instant(raw.get("effectiveInstant"))
         issued = _instant(raw.get("issued"))
         value_string = _str(raw.get("valueString"))
@@ -438,9 +428,6 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
         return None
     quantity = _quantity(q[0], q[1], q[2], None) if q is not None and q[0] is not None \
         else _quantity(None, None, None, value_string)
-    if effective is not None and type(effective) is not str:
-        drawn, at = (effective.date(), effective) if type(effective) is datetime else (effective, None)
-    else:
-        drawn, at = _when((effective, start, instant, issued))
+    drawn, at = _when((effective, start, instant, issued))
     return LabResult(rid, shared.kind, shared.serotype, raw["status"], drawn, at, quantity, shared.absent,
                      shared.ranges, shared.flags)
