@@ -210,3 +210,19 @@ def test_a_line_whose_fields_cannot_be_written_keeps_its_message_and_the_writer_
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "request" and first["event"] == "log_fields_unwritable" and "count" not in first
     assert second["count"] == 3
+
+
+def test_an_access_line_made_in_the_request_writes_only_the_safe_fields(monkeypatch):
+    """The line made without a record is held to the same whitelist as every record's line."""
+    stream = io.StringIO()
+
+    def log() -> None:
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if getattr(h, "_ivig_cds", False)]
+        cds_logging.log_access(logging.getLogger("ivig_cds.access"),
+                               {"status": 200, "patient_id": "Jane-Doe-1937", "cards": None})
+
+    _with_logging(stream, monkeypatch, log)
+    (line,) = [x for x in _ours(stream) if x["logger"] == "ivig_cds.access"]
+    assert line["status"] == 200 and "patient_id" not in line and "cards" not in line
+    assert "Jane" not in stream.getvalue()

@@ -56,13 +56,14 @@ def json_line(created: float, level: str, logger: str, message: str, fields: dic
     return orjson.dumps(out, default=str).decode()
 
 
+def safe_fields(get: Any) -> dict[str, Any]:
+    """The SAFE_FIELDS that ``get(key)`` gives a value for, in their order: nothing else is written."""
+    return {key: value for key in SAFE_FIELDS if (value := get(key)) is not None}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {}
-        for key in SAFE_FIELDS:
-            value = getattr(record, key, None)
-            if value is not None:
-                fields[key] = value
+        fields = safe_fields(lambda key: getattr(record, key, None))
         if "request_id" not in fields:
             rid = _current_request_id()
             if rid:
@@ -275,8 +276,7 @@ def log_access(logger: logging.Logger, fields: dict[str, Any]) -> None:
     if listener is None or not _written_only_by_us(logger):
         logger.info("request", extra=fields)
         return
-    listener.queue.put(safe_json_line(time.time(), "info", logger.name, "request",
-                                      {k: v for k, v in fields.items() if v is not None}))
+    listener.queue.put(safe_json_line(time.time(), "info", logger.name, "request", safe_fields(fields.get)))
 
 
 def init_app(app: Flask) -> None:
