@@ -8,6 +8,7 @@ the rules have no notion of HTTP.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -115,6 +116,17 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             resp.headers["Allow"] = ", ".join(exc.valid_methods)
         return resp
+
+    @app.after_request
+    def _json_redirect(response):
+        # Werkzeug answers a URL it tidies (a doubled slash, a missing trailing one) with a redirect
+        # whose body is HTML, and Flask passes routing redirects by the error handlers: the body is
+        # made JSON here, like every other answer, and says where the endpoint is.
+        location = response.headers.get("Location")
+        if 300 <= response.status_code < 400 and location and response.mimetype == "text/html":
+            response.set_data(json.dumps({"error": "moved", "message": f"this endpoint is at {location}"}))
+            response.mimetype = "application/json"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -629,6 +629,15 @@ def test_unknown_path_is_404_json(client):
     assert_error(client.get("/no/such/path"), 404)
 
 
+def test_a_doubled_slash_is_redirected_with_a_json_body_naming_the_endpoint(client):
+    """A base URL joined with a trailing slash gives '//' (a common integration slip): werkzeug
+    redirects to the tidy URL, keeping the method, and the answer is JSON like any other."""
+    resp = post_json(client, "/cds-services//" + SERVICE_ID["order-sign"], valid_request("order-sign"))
+    body = assert_error(resp, 308)
+    assert resp.headers["Location"].endswith(service_url("order-sign"))
+    assert body["error"] == "moved" and service_url("order-sign") in body["message"]
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "GET", "PATCH"])
 @pytest.mark.parametrize("hook", HOOKS)
 def test_wrong_method_on_a_service_is_405(client, method, hook):
