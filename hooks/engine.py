@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Mapping
 
+from hooks import lab_results
 from hooks import orders as order_rules
 from hooks import valuesets as vs
 from hooks.assessment import Assessment, Decision, NotApplicable
 from hooks.config import GuidelineConfig
 from hooks.facts import Facts, concept_in, extract_facts
-from hooks.fhir_read import ReadResult, Skipped, read_resources
+from hooks.fhir_read import RELEVANT, ReadResult, Skipped, condition_may_matter, observation_may_matter, \
+    read_resources
 from hooks.rules import DECISION_RULES, MONITORING_RULES, ORDER_RULES, WORKUP_RULES
 
 #: Decision outcomes beside which missing work-up is shown as its own finding.
@@ -170,6 +172,41 @@ def nothing_to_decide(read: ReadResult) -> bool:
     if any(read.of(rtype) for rtype in _IMMUNE_GLOBULIN_USE):
         return False
     return not any(concept_in(cond.code, vs.HYPER_IGM_DIAGNOSES) for cond in read.of("Condition"))
+
+
+def nothing_to_decide_in(resources: Iterable[Mapping[str, Any]]) -> bool:
+    """``nothing_to_decide`` told from the resources as sent, before any of them is read: a quiet
+    chart's record is never built. True only when the read record would be found so too; a
+    resource that may count, or that reads oddly, answers False and the record is read."""
+    for raw in resources:
+        rtype = raw.get("resourceType")
+        if rtype == "Observation":
+            if observation_may_matter(raw) and lab_results.may_measure(raw, _DECISIVE_RESULTS):
+                return False
+        elif rtype in _IMMUNE_GLOBULIN_USE or rtype == "MedicationOrder":
+            if RELEVANT["MedicationRequest" if rtype == "MedicationOrder" else rtype](raw):
+                return False
+        elif rtype == "Condition" and condition_may_matter(raw) and _may_name_hyper_igm(raw.get("code")):
+            return False
+    return True
+
+
+def _may_name_hyper_igm(concept: Any) -> bool:
+    """``concept_in(code, HYPER_IGM_DIAGNOSES)`` on a raw code; True when it is not plainly a concept."""
+    if concept is None:
+        return False
+    if not isinstance(concept, dict):
+        return True
+    codings = concept.get("coding", [])
+    if not isinstance(codings, list) or not all(isinstance(c, dict) for c in codings):
+        return True
+    texts = [concept.get("text"), *(c.get("display") for c in codings)]
+    codes = [(c.get("system"), c.get("code")) for c in codings]
+    if any(t is not None and not isinstance(t, str) for t in texts) \
+            or any(v is not None and not isinstance(v, str) for pair in codes for v in pair):
+        return True
+    return any(vs.coding_in(vs.HYPER_IGM_DIAGNOSES, s, c) for s, c in codes) \
+        or any(vs.text_in(vs.HYPER_IGM_DIAGNOSES, t) for t in texts)
 
 
 def evaluate_read(read: ReadResult, *, today: date, config: GuidelineConfig,

@@ -401,6 +401,13 @@ def _shared_of(raw: dict[str, Any]) -> _Shared | None:
     return shared
 
 
+def may_measure(raw: dict[str, Any], kinds: tuple[str, ...]) -> bool:
+    """Whether an Observation, as sent, may be a result of one of ``kinds``: False only when its
+    code, read as ``from_json`` and the model read it, names something else."""
+    shared = _shared_of(raw)
+    return shared is None or shared.kind in kinds
+
+
 def from_json(raw: dict[str, Any]) -> LabResult | None:
     """The result of a well-formed Observation, or None when the model must read it."""
     if not raw.keys() <= _KNOWN or raw.get("contained") is not None or raw.get("status") is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hooks import data_needs
 from hooks.assessment import Topic
 from hooks.cards import CardContext, CardPlan, finalize, monitoring_plan, referral_suggestion, workup_plan
-from hooks.engine import PatientEvaluation, evaluate_read, nothing_to_decide
-from hooks.fhir_read import bare_id, read_resources
+from hooks.engine import PatientEvaluation, evaluate_read, nothing_to_decide, nothing_to_decide_in
+from hooks.fhir_read import ReadResult, bare_id, iter_resources, read_resources
 from hooks.rules import PV
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 from hooks.summaries import patient_view_summary
@@ -66,15 +66,21 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
 
 
 def handle(request: HookRequest) -> HookResult:
-    read = read_resources([*request.prefetch.values(), *request.extra_resources],
-                          bare_id(str(request.context.get("patientId", ""))))
+    values = [*request.prefetch.values(), *request.extra_resources]
+    patient_id = bare_id(str(request.context.get("patientId", "")))
 
-    def evaluate() -> PatientEvaluation:
+    def evaluate(read: ReadResult | None = None) -> PatientEvaluation:
+        read = read if read is not None else read_resources(values, patient_id)
         return evaluate_read(read, today=request.today, config=request.config, unavailable=request.unavailable)
 
-    if nothing_to_decide(read):  # no cards can come of it: the trace is made only if someone asks
+    # No cards can come of a record with nothing to decide: the trace is made only if someone asks.
+    # Most charts opened are such records, and most of those tell it before they are read.
+    if nothing_to_decide_in(iter_resources(values)):
         return HookResult(explain=lambda: evaluate().trace())
-    ev = evaluate()
+    read = read_resources(values, patient_id)
+    if nothing_to_decide(read):
+        return HookResult(explain=lambda: evaluate(read).trace())
+    ev = evaluate(read)
     ctx = card_context(request, ev)
     return HookResult(cards=finalize(plans_for(ev, ctx), ctx), explain=ev.trace)
 

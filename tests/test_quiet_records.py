@@ -2,7 +2,9 @@
 
 Most charts opened belong to patients with no immunoglobulin result and no immune globulin history:
 patient-view answers them with no cards. ``nothing_to_decide`` lets it do so without extracting
-facts, so it must never be true of a record the full evaluation would make a card of.
+facts, so it must never be true of a record the full evaluation would make a card of; and
+``nothing_to_decide_in`` tells it from the resources as sent, so it must never be true of a record
+that ``nothing_to_decide`` finds something in once read.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import fhir_fixtures
 from fhir_fixtures.builder import REFERENCE_TODAY as TODAY, Record, ago
 from hooks.cards import CardContext
 from hooks.config import DEFAULT_CONFIG
-from hooks.engine import evaluate_read, nothing_to_decide
-from hooks.fhir_read import read_resources
+from hooks.engine import evaluate_read, nothing_to_decide, nothing_to_decide_in
+from hooks.fhir_read import iter_resources, read_resources
 from hooks.patient_view import plans_for
 
 PV_CASES = [n for n in fhir_fixtures.scenario_names() if fhir_fixtures.load_json(n, "request-patient-view.json")]
@@ -35,6 +37,18 @@ def test_a_record_with_nothing_to_decide_would_get_no_card(name):
     expected = fhir_fixtures.load_json(name, "expected.json")["expected"]["patient-view"]
     if nothing_to_decide(read):
         assert expected == [] and _plans(read, today) == []
+
+
+HOOK_FILES = [(n, f) for n in fhir_fixtures.scenario_names()
+              for f in ("request-patient-view.json", "request-order-sign.json") if fhir_fixtures.load_json(n, f)]
+
+
+@pytest.mark.parametrize(("name", "file"), HOOK_FILES)
+def test_what_the_resources_as_sent_tell_holds_once_they_are_read(name, file):
+    body = fhir_fixtures.load_json(name, file)
+    values = list(body["prefetch"].values())
+    if nothing_to_decide_in(iter_resources(values)):
+        assert nothing_to_decide(read_resources(values, body["context"]["patientId"]))
 
 
 def test_the_fixtures_hold_records_with_nothing_to_decide():
@@ -62,5 +76,39 @@ def test_what_makes_a_record_one_to_decide_on(build, decisive):
     rec = Record("q")
     build(rec)
     assert nothing_to_decide(_read(rec)) is not decisive
+    assert nothing_to_decide_in(iter_resources([rec.bundle()])) is not decisive
     if not decisive:
         assert _plans(_read(rec), TODAY) == []
+
+
+def _resource(rtype: str, **elements) -> dict:
+    return {"resourceType": rtype, "id": "x1", "subject": {"reference": "Patient/q"}, **elements}
+
+
+_IGM = {"coding": [{"system": "http://loinc.org", "code": "2472-9", "display": "IgM [Mass/volume] in Serum"}]}
+_WEIGHT = {"coding": [{"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}]}
+
+
+@pytest.mark.parametrize(("resource", "decisive"), [
+    (_resource("Observation", status="final", code=_WEIGHT, valueQuantity={"value": 70, "unit": "kg"}), False),
+    # an IgM result whose other elements are odd still counts until it is read
+    (_resource("Observation", status=7, code=_IGM), True),
+    (_resource("Observation", status="final", code={"text": "Immunoglobulin M"}), True),
+    (_resource("Observation", status="final", code={"coding": [{"system": 5, "code": "2472-9"}]}), True),
+    # DSTU2 order of immune globulin, and one naming its medication by reference
+    (_resource("MedicationOrder", medicationCodeableConcept={"text": "Immune globulin (human) IV"}), True),
+    (_resource("MedicationRequest", medicationReference={"reference": "Medication/m1"}), True),
+    (_resource("Procedure", code={"text": "IVIG infusion"}), True),
+    # hyper-IgM by name only, by SNOMED, and a code that is not plainly a concept
+    (_resource("Condition", code={"text": "Hyper-IgM syndrome"}), True),
+    (_resource("Condition", code={"coding": [{"system": "http://snomed.info/sct", "code": "403835002"}]}), True),
+    (_resource("Condition", code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J18.9",
+                                              "display": 5}]}), True),
+    (_resource("Condition", code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J18.9",
+                                              "display": "Pneumonia, unspecified organism"}]}), False),
+    (_resource("Condition", code={"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]}), False),
+])
+def test_what_the_resources_as_sent_tell(resource, decisive):
+    assert nothing_to_decide_in([resource]) is not decisive
+    if not decisive:
+        assert nothing_to_decide(read_resources([resource], "q"))
