@@ -7,8 +7,12 @@ fact extraction import these tables; no code is typed anywhere else.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from hooks.lru import by_term
 
 LOINC = "http://loinc.org"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -41,6 +45,33 @@ class ValueSet:
     text: re.Pattern[str] | None = None
     #: ICD-10 code prefixes ("J15" covers J15.x); checked after exact codes
     prefixes: tuple[Code, ...] = ()
+
+    @functools.cached_property
+    def index(self) -> _Index:
+        """The codes as ``coding_in`` looks them up: every resource of a record asks, the set is fixed."""
+        icd = frozenset(_icd_key(c.code) for c in self.codes if c.system in _ICD_SYSTEMS)
+        hcpcs = frozenset(c.code for c in self.codes if c.system in HCPCS_SYSTEMS)
+        other = frozenset((c.system, c.code) for c in self.codes)
+        return _Index(icd, tuple(_icd_key(p.code) for p in self.prefixes), hcpcs, other)
+
+    @functools.cached_property
+    def names(self) -> Callable[[str], bool]:
+        """Whether a text is a name of the concept: once per distinct text (see ``by_term``)."""
+        pattern = self.text
+        return by_term(lambda text: pattern is not None and pattern.search(text) is not None)
+
+
+class _Index(NamedTuple):
+    #: ICD-10 and ICD-10-CM codes, without dots, upper case (either system's code matches either)
+    icd: frozenset[str]
+    icd_prefixes: tuple[str, ...]
+    #: HCPCS codes (either spelling of the system)
+    hcpcs: frozenset[str]
+    other: frozenset[tuple[str, str]]
+
+
+def _icd_key(code: str) -> str:
+    return code.replace(".", "").upper()
 
 
 def _codes(system: str, rows: list[tuple[str, str]], verified: bool = True) -> tuple[Code, ...]:
@@ -351,27 +382,23 @@ ALL_VALUE_SETS: tuple[ValueSet, ...] = (
 )
 
 
+_ICD_SYSTEMS = frozenset({ICD10, ICD10CM})
+
+
 def coding_in(valueset: ValueSet, system: str | None, code: str | None) -> bool:
-    """Whether one Coding belongs to the value set: exact code, or an ICD-10 prefix (J15 -> J15.x)."""
+    """Whether one Coding belongs to the value set: exact code, or an ICD-10 prefix (J15 -> J15.x).
+    ICD-10 and ICD-10-CM codes match across the two systems, with or without their dot."""
     if not system or not code:
         return False
     code = code.strip()
-    systems = {system}
-    if system in (ICD10, ICD10CM):
-        systems = {ICD10, ICD10CM}
-        code_nodot = code.replace(".", "").upper()
+    index = valueset.index
+    if system in _ICD_SYSTEMS:
+        key = _icd_key(code)
+        return key in index.icd or key.startswith(index.icd_prefixes)
     if system in HCPCS_SYSTEMS:
-        systems = set(HCPCS_SYSTEMS)
-    for c in valueset.codes:
-        if c.system in systems or (c.system in HCPCS_SYSTEMS and system in HCPCS_SYSTEMS):
-            if c.code == code or (system in (ICD10, ICD10CM) and c.code.replace(".", "").upper() == code_nodot):
-                return True
-    if system in (ICD10, ICD10CM):
-        for p in valueset.prefixes:
-            if code_nodot.startswith(p.code.replace(".", "").upper()):
-                return True
-    return False
+        return code in index.hcpcs
+    return (system, code) in index.other
 
 
 def text_in(valueset: ValueSet, text: str | None) -> bool:
-    return bool(text and valueset.text is not None and valueset.text.search(text))
+    return bool(text) and valueset.names(text)  # type: ignore[arg-type]
