@@ -467,17 +467,20 @@ MODEL_CACHE: BoundedLRU[bytes, Ingest] = BoundedLRU(capacity=4000)
 #: cached: reading one costs time and memory in proportion to its size, and no resource the rules
 #: read is near it in real records. The service sets it from ``limits.max_resource_bytes``.
 MAX_RESOURCE_BYTES = 64 * 1024
-_CACHE_IN_USE: ContextVar[BoundedLRU[bytes, Ingest]] = ContextVar("ivig_cds_model_cache", default=MODEL_CACHE)
+#: The cache read through, and the length of the text every resource read came in (None: not known)
+_READING: ContextVar[tuple[BoundedLRU[bytes, Ingest], int | None]] = ContextVar(
+    "ivig_cds_reading", default=(MODEL_CACHE, None))
 
 
 @contextmanager
-def models_cached_in(cache: BoundedLRU[bytes, Ingest]) -> Iterator[None]:
-    """Read through ``cache`` (in this thread or task) instead of ``MODEL_CACHE``."""
-    token = _CACHE_IN_USE.set(cache)
+def models_cached_in(cache: BoundedLRU[bytes, Ingest], *, sent_within: int | None = None) -> Iterator[None]:
+    """Read through ``cache`` (in this thread or task) instead of ``MODEL_CACHE``. ``sent_within``:
+    the length of the text all the resources came in (a request body), when the caller knows it."""
+    token = _READING.set((cache, sent_within))
     try:
         yield
     finally:
-        _CACHE_IN_USE.reset(token)
+        _READING.reset(token)
 
 
 _MAX_REPAIRS = 4
@@ -490,6 +493,10 @@ def _short_error(err: Mapping[str, Any]) -> str:
 
 def ingest(raw: dict[str, Any]) -> Ingest:
     """The validated model of one resource the rules can use, or the reason it cannot be read."""
+    cache, sent_within = _READING.get()
+    if cache.capacity == 0 and sent_within is not None and sent_within <= MAX_RESOURCE_BYTES:
+        # Came in a text within the bound, so the work it costs is within it: no key is needed.
+        return _ingest(raw)
     # The serialised resource bounds the work (``MAX_RESOURCE_BYTES``) and, when a cache is kept, is
     # its key: exact, and cheap beside validation. Key order is kept as sent: an EHR resends its
     # resources byte-identical; a reordering just misses.
@@ -499,7 +506,6 @@ def ingest(raw: dict[str, Any]) -> Ingest:
         key = json.dumps(raw, default=repr).encode()
     if len(key) > MAX_RESOURCE_BYTES:
         return Ingest(None, reason=f"too large to read ({len(key) // 1024} KB; at most {MAX_RESOURCE_BYTES // 1024} KB)")
-    cache = _CACHE_IN_USE.get()
     if cache.capacity == 0:
         return _ingest(raw)
     cached = cache.get(key)

@@ -161,3 +161,23 @@ def test_a_time_without_its_zone_makes_an_observation_unreadable_and_says_why():
     read = read_resources([{**IGM, "effectiveDateTime": "2026-10-01T08:00:00"}], "p1")
     assert read.of("Observation") == []
     assert read.skipped[0].resource == "Observation/o1" and "effectiveDateTime" in read.skipped[0].reason
+
+
+def test_a_resource_too_large_is_refused_unless_the_text_it_came_in_was_within_the_bound(monkeypatch):
+    """With no cache, a record sent in a body within the bound is read without serialising each
+    resource again; a body beyond it has each resource measured."""
+    from hooks import fhir_read
+    from hooks.lru import BoundedLRU
+
+    monkeypatch.setattr(fhir_read, "MAX_RESOURCE_BYTES", 2048)
+    big = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2465-3"}], "text": "IgG " + "x" * 3000},
+           "valueQuantity": {"value": 900, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}}
+    off = BoundedLRU(0)
+    with fhir_read.models_cached_in(off, sent_within=5000):
+        assert "too large to read" in (fhir_read.ingest(big).reason or "")
+    with fhir_read.models_cached_in(off):
+        assert "too large to read" in (fhir_read.ingest(big).reason or "")
+    small = {**big, "code": {"coding": big["code"]["coding"]}}
+    with fhir_read.models_cached_in(off, sent_within=2000):
+        assert fhir_read.ingest(small).model is not None

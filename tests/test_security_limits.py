@@ -370,10 +370,11 @@ def test_a_body_larger_than_the_workers_budget_is_refused_at_start():
         load_settings(environ={"IVIG_CDS_LIMITS_MAX_BODY_BYTES": str(8 * 1024 * 1024)})
 
 
-def test_one_resource_too_large_to_read_is_skipped_and_named_not_validated_nor_kept(make_app):
-    app = make_app(**{"limits.max_resource_bytes": 8192, "limits.resource_cache_entries": 4000})
+@pytest.mark.parametrize("cache_entries", [4000, 0])  # with the cache on, and off as by default
+def test_one_resource_too_large_to_read_is_skipped_and_named_not_validated_nor_kept(make_app, cache_entries):
+    app = make_app(**{"limits.max_resource_bytes": 8192, "limits.resource_cache_entries": cache_entries})
     client = app.test_client()
-    MODEL_CACHE = app.extensions["ivig_cds"].models  # the app's own cache, on for this test
+    MODEL_CACHE = app.extensions["ivig_cds"].models  # the app's own cache
     huge = _igg(1, components=[{"code": {"text": f"part {j}"}, "valueQuantity": {"value": j}} for j in range(300)])
     assert len(json.dumps(huge)) > 8192
     body = patient_view_body()

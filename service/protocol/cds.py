@@ -105,7 +105,8 @@ def invoke(service_id: str):
         result = st.answers.reissued(remembered, cds_request.hook_instance, service.id)
     else:
         completed = st.prefetcher.complete(cds_request, service, run_date)
-        with models_cached_in(st.models):
+        # resources that all came in the body are no larger than it (hooks/fhir_read.py ``ingest``)
+        with models_cached_in(st.models, sent_within=len(raw) if completed.sources <= {"request"} else None):
             result = service.handler(HookRequest(
                 hook=service.hook,
                 hook_instance=cds_request.hook_instance,
