@@ -122,8 +122,10 @@ def register_error_handlers(app: Flask) -> None:
         # Werkzeug answers a URL it tidies (a doubled slash, a missing trailing one) with a redirect
         # whose body is HTML, and Flask passes routing redirects by the error handlers: the body is
         # made JSON here, like every other answer, and says where the endpoint is.
+        if not 300 <= response.status_code < 400:
+            return response  # every answer passes here: the status first, the headers only for a redirect
         location = response.headers.get("Location")
-        if 300 <= response.status_code < 400 and location and response.mimetype == "text/html":
+        if location and response.mimetype == "text/html":
             response.set_data(json.dumps({"error": "moved", "message": f"this endpoint is at {location}"}))
             response.mimetype = "application/json"
         return response

@@ -190,17 +190,20 @@ def parse_body(request: Request, *, max_bytes: int, max_depth: int) -> tuple[byt
         raise BadRequest(
             f"Content-Type must be application/json (got {request.mimetype or 'none'})")
     length = request.content_length
-    too_large = PayloadTooLarge(f"request body exceeds {max_bytes} bytes (limits.max_body_bytes)")
+
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds {max_bytes} bytes (limits.max_body_bytes)")
+
     if length is not None and length > max_bytes:
-        raise too_large
+        raise too_large()
     if length is not None:
         _reserve(length)
     try:
         raw = _read_announced(request, length) if length is not None else request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise too_large from None  # cut at the limit: the rest is discarded with the error answer
+        raise too_large() from None  # cut at the limit: the rest is discarded with the error answer
     if len(raw) > max_bytes:
-        raise too_large
+        raise too_large()
     if length is None:
         request.environ[BODY_READ] = True
         _reserve(len(raw))
