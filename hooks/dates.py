@@ -8,10 +8,14 @@ from typing import Any
 
 
 def add_months(day: date, months: int) -> date:
-    """Calendar months, clamped to the month's end (2026-03-31 minus 1 month = 2026-02-28)."""
+    """Calendar months, clamped to the month's end (2026-03-31 minus 1 month = 2026-02-28).
+
+    Every month has a 28th: only a later day needs the length of the month it lands in."""
     total = day.year * 12 + (day.month - 1) + months
     year, month = divmod(total, 12)
     month += 1
+    if day.day <= 28:
+        return date(year, month, day.day)
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 

@@ -37,9 +37,13 @@ class Level(StrEnum):
     UNKNOWN = "unknown"  # a value exists but cannot be judged (bound, child without range)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LabValue:
-    """One usable result, normalised (mg/dL for Ig, ug/mL for titers, kg for weight)."""
+    """One usable result, normalised (mg/dL for Ig, ug/mL for titers, kg for weight).
+
+    Frozen, and made for every result of every record: ``__init__`` sets the fields straight into
+    the instance, instead of the generated one's ``object.__setattr__`` per field.
+    """
 
     analyte: str
     measured: Measured
@@ -53,6 +57,13 @@ class LabValue:
     confounded_by: date | None = None  # the IVIG dose this result was drawn after
     #: the time of the draw when the record gives one (a trough is drawn before the infusion that day)
     at: datetime | None = None
+
+    def __init__(self, analyte: str, measured: Measured, unit: str, when: date, resource: str,
+                 ref_low: float | None = None, ref_high: float | None = None, flags: frozenset[str] = frozenset(),
+                 stale: bool = False, confounded_by: date | None = None, at: datetime | None = None) -> None:
+        vars(self).update(analyte=analyte, measured=measured, unit=unit, when=when, resource=resource,
+                          ref_low=ref_low, ref_high=ref_high, flags=flags, stale=stale, confounded_by=confounded_by,
+                          at=at)
 
     @property
     def confounded(self) -> bool:
@@ -92,13 +103,20 @@ class Analyte:
         return self.status == "ok" and self.level is Level.NORMAL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Titer:
+    """One serotype's titer, normalised to ug/mL. Set up as ``LabValue`` is: a record has dozens."""
+
     serotype: str
     measured: Measured
     when: date
     resource: str
     confounded_by: date | None = None
+
+    def __init__(self, serotype: str, measured: Measured, when: date, resource: str,
+                 confounded_by: date | None = None) -> None:
+        vars(self).update(serotype=serotype, measured=measured, when=when, resource=resource,
+                          confounded_by=confounded_by)
 
 
 @dataclass(frozen=True)
@@ -329,7 +347,19 @@ class Facts:
 
 def concept_in(concept: Any, valueset: vs.ValueSet) -> bool:
     texts, codes = _texts_codes(concept)
-    return any(vs.coding_in(valueset, s, c) for s, c in codes) or any(vs.text_in(valueset, t) for t in texts)
+    return _named_in(valueset, texts, codes)
+
+
+def _named_in(valueset: vs.ValueSet, texts: list[str], codes: list[tuple[str, str]]) -> bool:
+    """Whether a concept's codes, else its texts, belong to the value set (``concept_in`` once the
+    concept is read: a diagnosis is looked up in several value sets)."""
+    for system, code in codes:
+        if vs.coding_in(valueset, system, code):
+            return True
+    for text in texts:
+        if vs.text_in(valueset, text):
+            return True
+    return False
 
 
 def concept_label(concept: Any) -> str:
@@ -340,7 +370,7 @@ def concept_label(concept: Any) -> str:
 
 
 def _label(model: Any, read: ReadResult) -> str:
-    known = read.label(model)
+    known = read.labels.get(id(model))
     if known is not None:
         return known
     rid = read.raw_id(model) or getattr(model, "id", None)
@@ -499,9 +529,20 @@ def confounding_dose(when: date, doses: tuple[IvigDose, ...], months: int) -> da
 
     A result on the day of an infusion counts as drawn before it (a trough).
     """
-    for dose in reversed(doses):
-        if dose.when < when <= add_months(dose.when, months):
-            return dose.when
+    return _confounded_by(when, _confounding_windows(doses, months))
+
+
+def _confounding_windows(doses: tuple[IvigDose, ...], months: int) -> tuple[tuple[date, date], ...]:
+    """(dose, end of its window) for each IVIG dose, latest first: worked out once for all the
+    results of a record, which ``_confounded_by`` then reads."""
+    return tuple((dose.when, add_months(dose.when, months)) for dose in reversed(doses))
+
+
+def _confounded_by(when: date, windows: tuple[tuple[date, date], ...]) -> date | None:
+    """``confounding_dose`` over the windows of ``_confounding_windows``."""
+    for dose, window_end in windows:
+        if dose < when <= window_end:
+            return dose
     return None
 
 
@@ -526,9 +567,9 @@ def _why_unreadable(result: LabResult, today: date) -> tuple[date | None, dateti
     words, why it cannot be used: not final (a result entered in error or cancelled is said so),
     no date, dated in the future, no value (dataAbsentReason), not a number."""
     status, when, at = result.status, result.drawn, result.at
-    if status in _EXCLUDED_STATUSES:
-        return when, at, None, _EXCLUDED_STATUSES[status]
     if status not in FINAL_STATUSES:
+        if status in _EXCLUDED_STATUSES:
+            return when, at, None, _EXCLUDED_STATUSES[status]
         return when, at, None, f"{status or 'without status'}, not final"
     if when is None:
         return None, None, None, "no date"
@@ -544,16 +585,6 @@ def _why_unreadable(result: LabResult, today: date) -> tuple[date | None, dateti
     return when, at, q, None
 
 
-def _readable_result(obs: LabResult, what: str, today: date, problems: list[str]) -> tuple[date, datetime | None, tuple] | None:
-    """Date, time and (comparator, value, unit) of a final, dated, valued result; else None with the
-    reason said once in ``problems``."""
-    when, at, q, why = _why_unreadable(obs, today)
-    if why is not None:
-        problems.append(_unused(what, when, why))
-        return None
-    return when, at, q
-
-
 def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineConfig, doses,
                 problems: list[str], convert=to_mg_dl, unit: str = "mg/dL",
                 plausible: tuple[float, float] | None = None) -> list[LabValue]:
@@ -565,13 +596,15 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
     """
     stale_before = add_months(today, -config.stale_lab_months)
     low_bound, high_bound = plausible if plausible is not None else (0.0, config.plausible_max_mg_dl(analyte))
+    windows = _confounding_windows(doses, config.ivig_confounding_months) if doses else ()
     out: list[LabValue] = []
     seen: set[tuple] = set()
     for obs in read.observations(analyte):
-        readable = _readable_result(obs, analyte, today, problems)
-        if readable is None:
+        when, at, q, why = _why_unreadable(obs, today)
+        if why is not None:
+            problems.append(_unused(analyte, when, why))
             continue
-        when, at, (comparator, value, raw_unit) = readable
+        comparator, value, raw_unit = q
         normalised = convert(value, raw_unit)
         if normalised is None:
             problems.append(_unused(analyte, when, f"unit '{raw_unit or 'none'}' is not known (not guessed)"))
@@ -595,7 +628,7 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
             ref_high=high,
             flags=obs.flags,
             stale=when < stale_before,
-            confounded_by=confounding_dose(when, doses, config.ivig_confounding_months) if doses else None,
+            confounded_by=_confounded_by(when, windows) if windows else None,
             at=at,
         ))
     out.sort(key=lambda v: (v.when, v.at.timestamp() if v.at is not None else 0.0))
@@ -680,6 +713,8 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
     """Usable serotype titers; what is not usable is said once per draw and reason, not per serotype."""
     out: list[Titer] = []
     unusable: dict[tuple[date | None, str], list[str]] = {}
+    plausible_max = config.titer_plausible_max_ug_ml
+    windows = _confounding_windows(doses, config.ivig_confounding_months) if doses else ()
     for obs in read.observations("titer"):
         serotype = obs.serotype
         when, _at, q, why = _why_unreadable(obs, today)
@@ -694,12 +729,12 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
         if normalised is None:
             unusable.setdefault((when, f"unit '{unit or 'none'}' is not known (not guessed)"), []).append(serotype)
             continue
-        if not 0 <= normalised <= config.titer_plausible_max_ug_ml:
+        if not 0 <= normalised <= plausible_max:
             unusable.setdefault((when, f"{_shown(value, unit)} is not a possible value (plausible 0–"
-                                       f"{config.titer_plausible_max_ug_ml:g} ug/mL)"), []).append(serotype)
+                                       f"{plausible_max:g} ug/mL)"), []).append(serotype)
             continue
         out.append(Titer(serotype, Measured(normalised, comparator), when, _label(obs, read),
-                         confounding_dose(when, doses, config.ivig_confounding_months) if doses else None))
+                         _confounded_by(when, windows) if windows else None))
     for (when, why), serotypes in unusable.items():
         named = [s for s in dict.fromkeys(serotypes) if s != "?"]
         which = (f"{len(named)} serotypes" if len(named) > 4 else
@@ -712,9 +747,10 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
 def _latest_per_serotype(titers: Iterable[Titer]) -> tuple[Titer, ...]:
     best: dict[str, Titer] = {}
     for t in titers:
-        if t.serotype not in best or t.when > best[t.serotype].when:
+        known = best.get(t.serotype)
+        if known is None or t.when > known.when:
             best[t.serotype] = t
-    return tuple(sorted(best.values(), key=lambda t: _SEROTYPE_ORDER[t.serotype]))
+    return tuple(best[serotype] for serotype in sorted(best, key=_SEROTYPE_ORDER.__getitem__))
 
 
 _SEROTYPE_ORDER = {serotype: i for i, serotype in enumerate(vs.PPSV23_SEROTYPES)}
@@ -743,20 +779,37 @@ def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig,
         if titers:
             problems.append("pneumococcal titers are on record but no PPSV23 vaccination (CVX 33) to tell pre from post")
         return PneumococcalResponse("not-tested", problems=tuple(problems))
-    # the most recent vaccination that has titers in its post window, else the most recent one
+    min_days, max_days = config.post_titer_min_days, config.post_titer_max_days
+    # the most recent vaccination that has titers in its post window, else the most recent one (a single
+    # vaccination is the one whatever its titers)
     chosen = vaccinations[-1]
-    for vaccination in reversed(vaccinations):
-        if any(config.post_titer_min_days <= (t.when - vaccination).days <= config.post_titer_max_days for t in titers):
-            chosen = vaccination
-            break
+    if len(vaccinations) > 1:
+        drawn = {t.when for t in titers}
+        for vaccination in reversed(vaccinations):
+            if any(min_days <= (day - vaccination).days <= max_days for day in drawn):
+                chosen = vaccination
+                break
     previous = [v for v in vaccinations if v < chosen]
     pre_floor = previous[-1] if previous else date.min
-    pre = _latest_per_serotype(t for t in titers if pre_floor < t.when <= chosen)
-    post_all = [t for t in titers if config.post_titer_min_days <= (t.when - chosen).days <= config.post_titer_max_days]
-    early = [t for t in titers if 0 < (t.when - chosen).days < config.post_titer_min_days]
-    if early and not post_all:
-        problems.append(f"titers drawn {min((t.when - chosen).days for t in early)} days after PPSV23 are too early "
-                        f"for a response ({config.post_titer_min_days}–{config.post_titer_max_days} days)")
+    # each titer by the days between PPSV23 and its draw: before it, too early, in the window, too late
+    pre_all: list[Titer] = []
+    early_days: list[int] = []
+    post_all: list[Titer] = []
+    drawn_late = False
+    for t in titers:
+        days = (t.when - chosen).days
+        if days <= 0 and pre_floor < t.when:
+            pre_all.append(t)
+        if 0 < days < min_days:
+            early_days.append(days)
+        if min_days <= days <= max_days:
+            post_all.append(t)
+        if days > max_days:
+            drawn_late = True
+    pre = _latest_per_serotype(pre_all)
+    if early_days and not post_all:
+        problems.append(f"titers drawn {min(early_days)} days after PPSV23 are too early "
+                        f"for a response ({min_days}–{max_days} days)")
     post = _latest_per_serotype(post_all)
     age_at_test = age_years(birth_date, post[-1].when) if (birth_date and post) else None
     required = (config.ppsv23_protective_fraction_young_child
@@ -764,8 +817,7 @@ def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig,
                 else config.ppsv23_protective_fraction)
     base = dict(vaccination=chosen, pre=pre, post=post, required_fraction=required)
     if not post:
-        late = [t for t in titers if (t.when - chosen).days > config.post_titer_max_days]
-        if late:
+        if drawn_late:
             problems.append(f"titers after PPSV23 of {fmt_date(chosen)} were drawn later than "
                             f"{config.post_titer_max_days} days — not a post-vaccination response")
         return PneumococcalResponse("no-post-titers", **base, problems=tuple(problems))
@@ -778,7 +830,11 @@ def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig,
     if max(t.when for t in post) < stale_before:
         problems.append(f"post-vaccination titers are older than {config.stale_lab_months} months — treated as missing")
         return PneumococcalResponse("stale", **base, problems=tuple(problems))
-    protective = sum(1 for t in post if t.measured.certainly_at_least(config.titer_protective_ug_ml))
+    threshold = config.titer_protective_ug_ml
+    protective = 0
+    for t in post:
+        if t.measured.certainly_at_least(threshold):
+            protective += 1
     tested = len(post)
     fraction = protective / tested
     if fraction < required:
@@ -807,8 +863,9 @@ _ABATEMENT_FIELDS = ("abatementDateTime", "abatementPeriod", "abatementAge", "ab
 def _condition_active(cond: Any, onset: date, today: date, config: GuidelineConfig) -> bool:
     """Still going on: active (recurrence, relapse) and not abated; without a clinical status, a
     recent onset (an infection recorded days ago, not said to be resolved, is treated as active)."""
-    if any(getattr(cond, name, None) is not None for name in _ABATEMENT_FIELDS):
-        return False
+    for name in _ABATEMENT_FIELDS:
+        if getattr(cond, name, None) is not None:
+            return False
     status = _code_of(cond.clinicalStatus)
     if status is None:
         return (today - onset).days <= config.active_infection_days
@@ -816,12 +873,14 @@ def _condition_active(cond: Any, onset: date, today: date, config: GuidelineConf
 
 
 def _is_infection(concept: Any) -> tuple[bool, bool, bool, bool]:
-    """(infection, severe, life-threatening, encapsulated) from codes and text."""
-    severe = concept_in(concept, vs.SEVERE_INFECTIONS)
-    life = concept_in(concept, vs.LIFE_THREATENING_INFECTIONS)
-    minor = concept_in(concept, vs.MINOR_INFECTIONS)
-    encapsulated = concept_in(concept, vs.ENCAPSULATED_ORGANISM_INFECTIONS)
-    return (severe or life or minor), (severe or life), life, encapsulated and (severe or life or minor)
+    """(infection, severe, life-threatening, encapsulated) from codes and text. A minor infection is
+    only asked about when it is not severe, the organism only when it is an infection."""
+    texts, codes = _texts_codes(concept)
+    severe = _named_in(vs.SEVERE_INFECTIONS, texts, codes)
+    life = _named_in(vs.LIFE_THREATENING_INFECTIONS, texts, codes)
+    infection = severe or life or _named_in(vs.MINOR_INFECTIONS, texts, codes)
+    encapsulated = infection and _named_in(vs.ENCAPSULATED_ORGANISM_INFECTIONS, texts, codes)
+    return infection, (severe or life), life, encapsulated
 
 
 def _encounter_flags(enc: Any) -> tuple[bool, bool]:
