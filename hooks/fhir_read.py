@@ -491,11 +491,16 @@ def _short_error(err: Mapping[str, Any]) -> str:
     return f"{loc or 'resource'}: {str(err.get('msg', 'invalid'))[:80]}"
 
 
+def _read_straight() -> bool:
+    """Whether this reading needs neither a cache key nor a size check per resource: no cache is
+    kept, and every resource came in a text within the resource bound (so its work is within it)."""
+    cache, sent_within = _READING.get()
+    return cache.capacity == 0 and sent_within is not None and sent_within <= MAX_RESOURCE_BYTES
+
+
 def ingest(raw: dict[str, Any]) -> Ingest:
     """The validated model of one resource the rules can use, or the reason it cannot be read."""
-    cache, sent_within = _READING.get()
-    if cache.capacity == 0 and sent_within is not None and sent_within <= MAX_RESOURCE_BYTES:
-        # Came in a text within the bound, so the work it costs is within it: no key is needed.
+    if _read_straight():
         return _ingest(raw)
     # The serialised resource bounds the work (``MAX_RESOURCE_BYTES``) and, when a cache is kept, is
     # its key: exact, and cheap beside validation. Key order is kept as sent: an EHR resends its
@@ -506,6 +511,7 @@ def ingest(raw: dict[str, Any]) -> Ingest:
         key = json.dumps(raw, default=repr).encode()
     if len(key) > MAX_RESOURCE_BYTES:
         return Ingest(None, reason=f"too large to read ({len(key) // 1024} KB; at most {MAX_RESOURCE_BYTES // 1024} KB)")
+    cache = _READING.get()[0]
     if cache.capacity == 0:
         return _ingest(raw)
     cached = cache.get(key)
@@ -520,6 +526,11 @@ def _ingest(raw: dict[str, Any]) -> Ingest:
         result = lab_results.from_json(raw)
         if result is not None:
             return Ingest(result)
+    return _ingest_model(raw)
+
+
+def _ingest_model(raw: dict[str, Any]) -> Ingest:
+    """Through the model: what cannot be read straight from the JSON."""
     model, dropped, reason = validate(raw)
     if model is not None and model.get_resource_type() == "Observation":
         model = lab_results.from_model(model)
@@ -600,45 +611,58 @@ def read_resources(values: Iterable[Any], patient_id: str | None = None,
 
 
 def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None) -> ReadResult:
-    """Read every usable resource of an already flattened list (see ``iter_resources``)."""
+    """Read every usable resource of an already flattened list (see ``iter_resources``).
+
+    Most of a record is results: a well-formed Observation read straight is taken as it is,
+    without the per-resource bookkeeping of ``ingest`` when the reading needs none."""
     out = ReadResult()
     seen: set[tuple[str, str]] = set()
     own_reference = f"Patient/{patient_id}"
+    straight = _read_straight()
+    keep = out.resources.append
+    by_type, by_kind, raw_ids, labels = out.by_type, out.by_kind, out.raw_ids, out.labels
     for raw in resources:
         rtype = raw.get("resourceType")
         if rtype not in RESOURCE_TYPES:
             name = rtype[:40] if isinstance(rtype, str) else "resource"
             out.skipped.append(Skipped(_label({**raw, "resourceType": name}), "not a FHIR resource type"))
             continue
-        out.resources.append(raw)
-        rtype = "MedicationRequest" if rtype == "MedicationOrder" else rtype
+        keep(raw)
+        if rtype == "MedicationOrder":
+            rtype = "MedicationRequest"
         relevant = RELEVANT.get(rtype)
         if relevant is None or not relevant(raw):
             continue
         rid = raw.get("id")
-        bid = bare_id(rid) if isinstance(rid, str) and rid else None
+        bid = (rid if "/" not in rid else bare_id(rid)) if type(rid) is str and rid else None
         if bid is not None:
             dedupe = (raw["resourceType"], bid or rid)
             if dedupe in seen:
                 continue
             seen.add(dedupe)
         label = f"{raw['resourceType']}/{bid}" if bid is not None else f"{raw['resourceType']} (no id)"
-        if patient_id and _names_other_patient(raw, patient_id, own_reference):
-            out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
-            continue
-        item = ingest(raw)
-        model = item.model
+        if patient_id:
+            subject = raw.get("subject")
+            if not (type(subject) is dict and subject.get("reference") == own_reference) \
+                    and _names_other_patient(raw, patient_id, own_reference):
+                out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
+                continue
+        model = lab_results.from_json(raw) if straight and rtype == "Observation" else None
         if model is None:
-            out.skipped.append(Skipped(label, item.reason or "not readable"))
-            continue
-        if item.dropped:
-            out.notes.append(Skipped(label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
-        out.by_type.setdefault(rtype, []).append(model)
+            item = _ingest_model(raw) if straight and rtype == "Observation" else ingest(raw)
+            model = item.model
+            if model is None:
+                out.skipped.append(Skipped(label, item.reason or "not readable"))
+                continue
+            if item.dropped:
+                out.notes.append(Skipped(label, "ignored unreadable field(s): " + ", ".join(sorted(item.dropped))))
+        key = id(model)
+        by_type.setdefault(rtype, []).append(model)
         if rtype == "Observation" and model.kind is not None:
-            out.by_kind.setdefault(model.kind, []).append(model)
+            by_kind.setdefault(model.kind, []).append(model)
         if isinstance(rid, str):
-            out.raw_ids[id(model)] = rid
-        out.labels[id(model)] = label
+            raw_ids[key] = rid
+        labels[key] = label
     return out
 
 

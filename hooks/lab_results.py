@@ -418,23 +418,33 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
     rid = raw.get("id")
     if rid is not None and (type(rid) is not str or _ID.fullmatch(rid) is None):
         return None  # 'Observation/x' and the like: the model path cuts it
+    get = raw.get
     try:
-        _reference(raw.get("subject"))
-        _reference(raw.get("encounter"))
-        effective = _datetime(raw.get("effectiveDateTime"))
-        period = _dict(raw.get("effectivePeriod"))
-        start = None
-        if period is not None:
+        # elements most results lack are looked at only when sent
+        _reference(get("subject"))
+        if (encounter := get("encounter")) is not None:
+            _reference(encounter)
+        effective = _datetime(get("effectiveDateTime"))
+        start = instant = issued = None
+        if (period := get("effectivePeriod")) is not None:
+            period = _dict(period)
             start = _datetime(period.get("start"))
             _datetime(period.get("end"))
-        instant = _instant(raw.get("effectiveInstant"))
-        issued = _instant(raw.get("issued"))
-        value_string = _str(raw.get("valueString"))
-        q = _json_quantity(raw.get("valueQuantity"))
+        if (instant := get("effectiveInstant")) is not None:
+            instant = _instant(instant)
+        if (issued := get("issued")) is not None:
+            issued = _instant(issued)
+        value_string = _str(get("valueString"))
+        q = get("valueQuantity")
+        if q is not None:
+            q = _json_quantity(q)
     except _NotCommon:
         return None
-    quantity = _quantity(q[0], q[1], q[2], None) if q is not None and q[0] is not None \
-        else _quantity(None, None, None, value_string)
-    drawn, at = _when((effective, start, instant, issued))
+    if q is not None and q[0] is not None:
+        quantity: Quantity | None = ((q[1] if q[1] in COMPARATORS else None), q[0], q[2])
+    else:
+        quantity = parse_value_string(value_string) if value_string else None
+    drawn, at = _when((effective, start, instant, issued)) if effective is None or type(effective) is not date \
+        else (effective, None)
     return LabResult(rid, shared.kind, shared.serotype, raw["status"], drawn, at, quantity, shared.absent,
                      shared.ranges, shared.flags)
