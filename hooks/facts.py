@@ -370,7 +370,7 @@ def concept_label(concept: Any) -> str:
 
 
 def _label(model: Any, read: ReadResult) -> str:
-    known = read.labels.get(id(model))
+    known = read.label(model)
     if known is not None:
         return known
     rid = read.raw_id(model) or getattr(model, "id", None)
@@ -524,14 +524,6 @@ def extract_ivig_history(read: ReadResult, today: date, config: GuidelineConfig,
     return IvigHistory(tuple(doses), active, on_treatment)
 
 
-def confounding_dose(when: date, doses: tuple[IvigDose, ...], months: int) -> date | None:
-    """The IVIG dose a result drawn on ``when`` comes after (within ``months``), if any.
-
-    A result on the day of an infusion counts as drawn before it (a trough).
-    """
-    return _confounded_by(when, _confounding_windows(doses, months))
-
-
 def _confounding_windows(doses: tuple[IvigDose, ...], months: int) -> tuple[tuple[date, date], ...]:
     """(dose, end of its window) for each IVIG dose, latest first: worked out once for all the
     results of a record, which ``_confounded_by`` then reads."""
@@ -539,7 +531,10 @@ def _confounding_windows(doses: tuple[IvigDose, ...], months: int) -> tuple[tupl
 
 
 def _confounded_by(when: date, windows: tuple[tuple[date, date], ...]) -> date | None:
-    """``confounding_dose`` over the windows of ``_confounding_windows``."""
+    """The IVIG dose a result drawn on ``when`` comes after, within its window, if any.
+
+    A result on the day of an infusion counts as drawn before it (a trough).
+    """
     for dose, window_end in windows:
         if dose < when <= window_end:
             return dose
@@ -780,15 +775,13 @@ def extract_pneumococcal(read: ReadResult, today: date, config: GuidelineConfig,
             problems.append("pneumococcal titers are on record but no PPSV23 vaccination (CVX 33) to tell pre from post")
         return PneumococcalResponse("not-tested", problems=tuple(problems))
     min_days, max_days = config.post_titer_min_days, config.post_titer_max_days
-    # the most recent vaccination that has titers in its post window, else the most recent one (a single
-    # vaccination is the one whatever its titers)
+    # the most recent vaccination that has titers in its post window, else the most recent one
     chosen = vaccinations[-1]
-    if len(vaccinations) > 1:
-        drawn = {t.when for t in titers}
-        for vaccination in reversed(vaccinations):
-            if any(min_days <= (day - vaccination).days <= max_days for day in drawn):
-                chosen = vaccination
-                break
+    drawn = {t.when for t in titers}
+    for vaccination in reversed(vaccinations):
+        if any(min_days <= (day - vaccination).days <= max_days for day in drawn):
+            chosen = vaccination
+            break
     previous = [v for v in vaccinations if v < chosen]
     pre_floor = previous[-1] if previous else date.min
     # each titer by the days between PPSV23 and its draw: before it, too early, in the window, too late

@@ -613,8 +613,8 @@ def read_resources(values: Iterable[Any], patient_id: str | None = None,
 def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None) -> ReadResult:
     """Read every usable resource of an already flattened list (see ``iter_resources``).
 
-    Most of a record is results: a well-formed Observation read straight is taken as it is,
-    without the per-resource bookkeeping of ``ingest`` when the reading needs none."""
+    When the reading needs no cache key nor size check per resource (``_read_straight``), each
+    resource is read without them: the question is asked once per record, not once per resource."""
     out = ReadResult()
     seen: set[tuple[str, str]] = set()
     own_reference = f"Patient/{patient_id}"
@@ -634,22 +634,22 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
         if relevant is None or not relevant(raw):
             continue
         rid = raw.get("id")
-        bid = (rid if "/" not in rid else bare_id(rid)) if type(rid) is str and rid else None
+        bid = bare_id(rid) if isinstance(rid, str) and rid else None
         if bid is not None:
             dedupe = (raw["resourceType"], bid or rid)
             if dedupe in seen:
                 continue
             seen.add(dedupe)
         label = f"{raw['resourceType']}/{bid}" if bid is not None else f"{raw['resourceType']} (no id)"
-        if patient_id:
-            subject = raw.get("subject")
-            if not (type(subject) is dict and subject.get("reference") == own_reference) \
-                    and _names_other_patient(raw, patient_id, own_reference):
-                out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
-                continue
-        model = lab_results.from_json(raw) if straight and rtype == "Observation" else None
-        if model is None:
-            item = _ingest_model(raw) if straight and rtype == "Observation" else ingest(raw)
+        if patient_id and _names_other_patient(raw, patient_id, own_reference):
+            out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
+            continue
+        if straight and rtype == "Observation":  # most of a record: a result read straight is taken as it is
+            model = lab_results.from_json(raw)
+            item = _ingest_model(raw) if model is None else None
+        else:
+            item = _ingest(raw) if straight else ingest(raw)
+        if item is not None:
             model = item.model
             if model is None:
                 out.skipped.append(Skipped(label, item.reason or "not readable"))

@@ -425,7 +425,7 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
         if (encounter := get("encounter")) is not None:
             _reference(encounter)
         effective = _datetime(get("effectiveDateTime"))
-        start = instant = issued = None
+        start = None
         if (period := get("effectivePeriod")) is not None:
             period = _dict(period)
             start = _datetime(period.get("start"))
@@ -440,11 +440,7 @@ def from_json(raw: dict[str, Any]) -> LabResult | None:
             q = _json_quantity(q)
     except _NotCommon:
         return None
-    if q is not None and q[0] is not None:
-        quantity: Quantity | None = ((q[1] if q[1] in COMPARATORS else None), q[0], q[2])
-    else:
-        quantity = parse_value_string(value_string) if value_string else None
-    drawn, at = _when((effective, start, instant, issued)) if effective is None or type(effective) is not date \
-        else (effective, None)
+    quantity = _quantity(q[0], q[1], q[2], value_string) if q is not None else _quantity(None, None, None, value_string)
+    drawn, at = _when((effective, start, instant, issued))
     return LabResult(rid, shared.kind, shared.serotype, raw["status"], drawn, at, quantity, shared.absent,
                      shared.ranges, shared.flags)

@@ -215,3 +215,26 @@ def test_other_organisms_are_not_pneumococcal_titers(text):
     rec = Record("p").lab("titer", 2.0, "ug/mL", ago(days=3), code=False, text=text)
     read = read_resources([rec.bundle()], "p")
     assert all(r.kind != "titer" for r in read.of("Observation")) and read.observations("titer") == []
+
+
+@pytest.mark.parametrize("cls", ["LabValue", "Titer"])
+def test_hand_written_constructor_takes_the_declared_fields(cls):
+    """LabValue and Titer set their fields in their own ``__init__``: it must take exactly the
+    dataclass's fields, in order, with the same defaults, and set every one of them."""
+    import dataclasses
+    import inspect
+
+    from hooks import facts as facts_module
+
+    klass = getattr(facts_module, cls)
+    fields = dataclasses.fields(klass)
+    params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, f in zip(params, fields):
+        expected = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
+        assert param.default == expected, f.name
+    values = {f.name: object() for f in fields}
+    made = klass(**values)
+    assert all(getattr(made, name) is value for name, value in values.items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, None)
