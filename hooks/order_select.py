@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from hooks import data_needs
-from hooks.order_sign import handle_orders, needs_patient_data, unresolved_references
+from hooks.order_sign import handle_orders, needs_patient_data, orders_at_once, unresolved_references
 from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 
 
@@ -25,6 +25,7 @@ SERVICE = ServiceDefinition(
     usage_requirements=data_needs.USAGE,
     required_prefetch=data_needs.REQUIRED,
     handler=handle,
+    at_once=partial(orders_at_once, selections_only=True),
     needs_patient_data=partial(needs_patient_data, selections_only=True),
     unresolved_references=partial(unresolved_references, selections_only=True),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hooks import data_needs
 from hooks.assessment import Topic
 from hooks.cards import CardContext, CardPlan, finalize, monitoring_plan, referral_suggestion, workup_plan
@@ -65,22 +67,31 @@ def plans_for(ev: PatientEvaluation, ctx: CardContext) -> list[CardPlan]:
     return plans
 
 
+def _record(request: HookRequest) -> list[Any]:
+    return [*request.prefetch.values(), *request.extra_resources]
+
+
+def _read(request: HookRequest) -> ReadResult:
+    return read_resources(_record(request), bare_id(str(request.context.get("patientId", ""))))
+
+
+def _evaluate(request: HookRequest, read: ReadResult) -> PatientEvaluation:
+    return evaluate_read(read, today=request.today, config=request.config, unavailable=request.unavailable)
+
+
+def answer_at_once(request: HookRequest) -> HookResult | None:
+    """No cards for a record with nothing to decide, told from the resources as sent: most charts
+    opened are such records, and their record is never read (the trace is made only if asked for)."""
+    if nothing_to_decide_in(iter_resources(_record(request))):
+        return HookResult(explain=lambda: _evaluate(request, _read(request)).trace())
+    return None
+
+
 def handle(request: HookRequest) -> HookResult:
-    values = [*request.prefetch.values(), *request.extra_resources]
-    patient_id = bare_id(str(request.context.get("patientId", "")))
-
-    def evaluate(read: ReadResult | None = None) -> PatientEvaluation:
-        read = read if read is not None else read_resources(values, patient_id)
-        return evaluate_read(read, today=request.today, config=request.config, unavailable=request.unavailable)
-
-    # No cards can come of a record with nothing to decide: the trace is made only if someone asks.
-    # Most charts opened are such records, and most of those tell it before they are read.
-    if nothing_to_decide_in(iter_resources(values)):
-        return HookResult(explain=lambda: evaluate().trace())
-    read = read_resources(values, patient_id)
+    read = _read(request)
     if nothing_to_decide(read):
-        return HookResult(explain=lambda: evaluate(read).trace())
-    ev = evaluate(read)
+        return HookResult(explain=lambda: _evaluate(request, read).trace())
+    ev = _evaluate(request, read)
     ctx = card_context(request, ev)
     return HookResult(cards=finalize(plans_for(ev, ctx), ctx), explain=ev.trace)
 
@@ -98,4 +109,5 @@ SERVICE = ServiceDefinition(
     usage_requirements=data_needs.USAGE,
     required_prefetch=data_needs.REQUIRED,
     handler=handle,
+    at_once=answer_at_once,
 )

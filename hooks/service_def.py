@@ -1,7 +1,8 @@
 """What a CDS service is, seen from the guideline side: its metadata, its data needs, its handler.
 
 The service layer renders discovery from these definitions, completes the prefetch they
-declare, and calls ``handler`` with a ``HookRequest``. Nothing here knows about HTTP.
+declare, asks ``at_once`` for an answer that needs no reading of the record, and otherwise
+calls ``handler`` with a ``HookRequest``. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class ServiceDefinition:
     title: str
     description: str
     prefetch: Mapping[str, str]
+    #: the decision: reads the record and applies the rules (right for every record)
     handler: Callable[[HookRequest], HookResult]
     usage_requirements: str | None = None
     #: keys without which no decision is possible (412 when they cannot be obtained)
@@ -84,6 +86,14 @@ class ServiceDefinition:
     needs_patient_data: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] = lambda context, prefetch: True
     #: medicationReference targets the handler needs but the request does not contain
     unresolved_references: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]] = lambda context, prefetch: []
+    #: the answer when it is plain without reading the record (nothing in it to decide), else None.
+    #: Most calls are such; the service layer asks it before its answer memo, whose key costs more.
+    at_once: Callable[[HookRequest], HookResult | None] = lambda request: None
+
+    def answer(self, request: HookRequest) -> HookResult:
+        """The answer to one call: at once when it is plain, else the handler's decision."""
+        plain = self.at_once(request)
+        return plain if plain is not None else self.handler(request)
 
     def discovery_entry(self, extension: Mapping[str, Any] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {

@@ -140,6 +140,25 @@ def test_the_memo_is_bounded_and_can_be_turned_off(make_client):
     assert len(off.extensions["ivig_cds"].answers) == 0
 
 
+def test_records_with_nothing_to_decide_are_answered_without_the_memo(make_client):
+    """A quiet chart (no Ig data) and an order-sign without an immune globulin order are answered at
+    once: their answers are not kept, while a record the rules work on is."""
+    app, client = make_client()
+    memo = app.extensions["ivig_cds"].answers
+    quiet = request_for("no-immunoglobulin-data", "patient-view")
+    no_ivig = request_for("sample-igg-deficiency", "order-sign")
+    draft = no_ivig["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                      "code": "308182", "display": "amoxicillin 250 MG Oral Capsule"}],
+                                          "text": "amoxicillin 250 MG Oral Capsule"}
+    for _ in range(2):
+        assert post(client, PATIENT_VIEW, with_instance(quiet)) == []
+        assert post(client, ORDER_SIGN, with_instance(no_ivig)) == []
+    assert len(memo) == 0
+    assert post(client, ORDER_SIGN, request_for("sample-igg-deficiency", "order-sign"))
+    assert len(memo) == 1
+
+
 def test_reissue_derives_uuids_as_the_cards_are_made():
     """``reissue`` gives a card the uuids ``to_card`` gives it for that hookInstance."""
     from hooks import SERVICES

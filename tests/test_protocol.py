@@ -729,7 +729,8 @@ def test_a_failing_handler_is_a_generic_500_without_request_data(app, caplog):
     def boom(request):
         raise RuntimeError(f"bug while reading {request.context['patientId']}")
 
-    state.services["ivig-order-sign"] = dataclasses.replace(state.services["ivig-order-sign"], handler=boom)
+    state.services["ivig-order-sign"] = dataclasses.replace(state.services["ivig-order-sign"], handler=boom,
+                                                            at_once=boom)
     body = valid_request("order-sign", pid="secret-patient-4711")
     body["prefetch"] = full_prefetch("order-sign", "secret-patient-4711")
     body["fhirServer"] = "http://127.0.0.1:9/fhir"

@@ -112,3 +112,40 @@ def test_what_the_resources_as_sent_tell(resource, decisive):
     assert nothing_to_decide_in([resource]) is not decisive
     if not decisive:
         assert nothing_to_decide(read_resources([resource], "q"))
+
+
+HOOK_SERVICES = {"request-patient-view.json": "ivig-patient-view", "request-order-sign.json": "ivig-order-sign"}
+
+
+@pytest.mark.parametrize(("name", "file"), HOOK_FILES)
+def test_an_answer_given_at_once_is_the_one_the_rules_would_give(name, file):
+    """``at_once`` answers without reading the record: only ever with no cards, and only where
+    the full decision on the same call gives none either."""
+    from hooks import SERVICES
+    from hooks.service_def import HookRequest
+
+    body = fhir_fixtures.load_json(name, file)
+    today = date.fromisoformat(fhir_fixtures.load_json(name, "expected.json")["today"])
+    service = SERVICES[HOOK_SERVICES[file]]
+    request = HookRequest(hook=service.hook, hook_instance="h", service_id=service.id, context=body["context"],
+                          prefetch=body["prefetch"], today=today)
+    plain = service.at_once(request)
+    if plain is not None:
+        assert plain.cards == [] and service.handler(request).cards == []
+        assert plain.trace, "the trace says why there is nothing to decide"
+
+
+def test_the_fixtures_hold_calls_answered_at_once_and_calls_decided():
+    from hooks import SERVICES
+    from hooks.service_def import HookRequest
+
+    def at_once(name: str, file: str) -> bool:
+        body = fhir_fixtures.load_json(name, file)
+        service = SERVICES[HOOK_SERVICES[file]]
+        return service.at_once(HookRequest(hook=service.hook, hook_instance="h", service_id=service.id,
+                                           context=body["context"], prefetch=body["prefetch"], today=TODAY)) is not None
+
+    assert at_once("no-immunoglobulin-data", "request-patient-view.json")
+    assert not at_once("sample-isolated-igm", "request-patient-view.json")
+    assert at_once("order-anti-d-not-ivig", "request-order-sign.json")
+    assert not at_once("sample-igg-deficiency", "request-order-sign.json")

@@ -118,7 +118,8 @@ def test_full_request_cycles_leave_no_secrets_or_identifiers_in_logs(tmp_path, c
 
             app.extensions["ivig_cds"].answers.clear()  # else the memo answers as for the valid call above
             with mock.patch.dict(app.extensions["ivig_cds"].services,
-                                 {PATIENT_VIEW: type(service)(**{**service.__dict__, "handler": explode})}):
+                                 {PATIENT_VIEW: type(service)(**{**service.__dict__, "handler": explode,
+                                                                 "at_once": explode})}):
                 statuses["500"] = requests.post(hook_url, json=body(), headers=token(hook_url), timeout=30).status_code
         app.extensions["ivig_cds"].close()
 

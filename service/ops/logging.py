@@ -11,12 +11,12 @@ import atexit
 import copy
 import functools
 import logging
+import os
 import queue
 import sys
 import threading
 import time
 import traceback
-import uuid
 from logging.handlers import QueueHandler
 from typing import Any
 
@@ -250,7 +250,7 @@ def _published_services() -> frozenset[str]:
 
 def new_request_id() -> str:
     """32 hex digits from the OS's random source: unique across processes and forked workers."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _written_only_by_us(logger: logging.Logger) -> bool:

@@ -14,8 +14,9 @@ the same text but for that one string, which holds each body's own value. If the
 ``hookInstance`` field, the calls differ in it alone. If it is any other string, the field lies in
 the text both share, so both have one hookInstance, and it is the cut value: the bodies are equal.
 
-**What is stored**: the result of a call answered with status 200 whose prefetch was completed
-without reading a FHIR server (what a server returns can change between calls). A later call
+**What is stored**: the handler's result for a call whose prefetch was completed without
+reading a FHIR server (what a server returns can change between calls). A call answered at once
+(nothing in the record to decide) never reaches the memo: that answer costs less than the key. A later call
 gets the stored cards with uuids derived from its own hookInstance (hooks/cards.py ``reissue``),
 so feedback and analytics see its own cards.
 """

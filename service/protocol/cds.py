@@ -1,10 +1,11 @@
 """The CDS Hooks 2.0.1 endpoints: discovery, service invocation, feedback.
 
 Each view is the pipeline and nothing more: look up the service, authenticate, read the body,
-check the envelope, complete the prefetch, call the hook's handler, record what was issued,
-answer. A body answered before but for its hookInstance and token is answered from the memo in
-service/protocol/answers.py (same cards, this call's uuids). Every failure is raised as a ``CdsError``
-and answered in service/errors.py.
+check the envelope, complete the prefetch, answer at once when the record needs no reading
+(``ServiceDefinition.at_once``), else call the hook's handler, record what was issued, answer.
+A decision made before on the same body but for its hookInstance and token is taken from the
+memo in service/protocol/answers.py (same cards, this call's uuids). Every failure is raised as a
+``CdsError`` and answered in service/errors.py.
 """
 
 from __future__ import annotations
@@ -99,37 +100,48 @@ def invoke(service_id: str):
     guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
     run_date = today()
     base = base_url(req, st)
-    memo_key = st.answers.key(raw, body, service_id=service.id, today=run_date, base_url=base, tenant=identity.tenant)
-    remembered = st.answers.get(memo_key)
-    if remembered is not None:
-        result = st.answers.reissued(remembered, cds_request.hook_instance, service.id)
-    else:
-        completed = st.prefetcher.complete(cds_request, service, run_date)
-        # resources that all came in the body are no larger than it (hooks/fhir_read.py ``ingest``)
-        with models_cached_in(st.models, sent_within=len(raw) if completed.sources <= {"request"} else None):
-            result = service.handler(HookRequest(
-                hook=service.hook,
-                hook_instance=cds_request.hook_instance,
-                service_id=service.id,
-                context=cds_request.context,
-                prefetch=completed.prefetch,
-                today=run_date,
-                config=st.settings.guideline,
-                unavailable=completed.unavailable,
-                extra_resources=completed.extra_resources,
-                base_url=base,
-                smart_launch_url=f"{base}/smart/launch",
-                ruleset_version=st.ruleset_version,
-                tenant=identity.tenant,
-            ))
-        if completed.sources <= {"request", "sample"}:  # what a FHIR server returns may change: never memoised
-            st.answers.put(memo_key, result)
+    completed = st.prefetcher.complete(cds_request, service, run_date)
+    hook_request = HookRequest(
+        hook=service.hook,
+        hook_instance=cds_request.hook_instance,
+        service_id=service.id,
+        context=cds_request.context,
+        prefetch=completed.prefetch,
+        today=run_date,
+        config=st.settings.guideline,
+        unavailable=completed.unavailable,
+        extra_resources=completed.extra_resources,
+        base_url=base,
+        smart_launch_url=f"{base}/smart/launch",
+        ruleset_version=st.ruleset_version,
+        tenant=identity.tenant,
+    )
+    result = service.at_once(hook_request)
+    if result is None:
+        result = _decided(st, service, hook_request, raw, body, completed.sources)
     # queued before the answer leaves: a feedback call right after finds the cards (service/storage/sql_store.py)
     _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
     here = g._get_current_object()
     here.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
     here.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)
     return json_response(result.response_body())
+
+
+def _decided(st: AppState, service: ServiceDefinition, hook_request: HookRequest, raw: bytes, body: Any,
+             sources: set[str]) -> HookResult:
+    """The handler's decision, or the one it made on the same body before (service/protocol/answers.py)."""
+    # what a FHIR server returns may change between calls: such answers are never memoised
+    memoised = sources <= {"request", "sample"}
+    key = st.answers.key(raw, body, service_id=service.id, today=hook_request.today, base_url=hook_request.base_url,
+                         tenant=hook_request.tenant) if memoised else None
+    remembered = st.answers.get(key)
+    if remembered is not None:
+        return st.answers.reissued(remembered, hook_request.hook_instance, service.id)
+    # resources that all came in the body are no larger than it (hooks/fhir_read.py ``ingest``)
+    with models_cached_in(st.models, sent_within=len(raw) if sources <= {"request"} else None):
+        result = service.handler(hook_request)
+    st.answers.put(key, result)
+    return result
 
 
 def _patient_hash(st: AppState, patient_id: str) -> str | None:
