@@ -77,13 +77,34 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+#: This process's id, renewed in every forked child: what names its metric files.
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+
+
+def _process_id() -> int:
+    """The process identifier of the metric files: prometheus_client asks for it on every value
+    it records, and ``os.getpid`` is a system call each time; this one is renewed at every fork,
+    so processes running at once still get distinct ones (the rule prometheus_client sets)."""
+    return _pid
+
+
 def _create() -> _Metrics:
     """Create the metric objects once per process (after gunicorn forked, so values are per pid)."""
-    from prometheus_client import Counter, Gauge, Histogram
+    from prometheus_client import Counter, Gauge, Histogram, values
 
     path = multiprocess_dir()
     if path:
         os.makedirs(path, exist_ok=True)
+        # before any metric of this process exists: all its values must share one ValueClass (one map per file)
+        values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
     return _Metrics(
         requests=Counter(
             "ivig_cds_http_requests", "HTTP requests answered, by endpoint, CDS service id and status",
