@@ -40,10 +40,16 @@ _MARKER = b"\x00"
 
 
 class AnswerMemo:
-    """Hook results of answered requests (see the module docstring for what the key covers)."""
+    """Hook results of answered requests (see the module docstring for what the key covers).
+
+    Each answer is kept as its JSON text, one block of bytes: kept as the cards' own objects,
+    thousands of small dicts and strings made while a record was being read would outlive it,
+    scattered among the pages its parse used, and every later body would be parsed into and freed
+    from a fragmented heap (on distinct large records that cost a fifth of the call).
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._entries: BoundedLRU[bytes, HookResult] = BoundedLRU(capacity)
+        self._entries: BoundedLRU[bytes, bytes] = BoundedLRU(capacity)
 
     def key(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
             tenant: str | None) -> bytes | None:
@@ -74,20 +80,20 @@ class AnswerMemo:
         digest.update(text[position:])
         return digest.digest()
 
-    def get(self, key: bytes | None) -> HookResult | None:
-        """The result stored for this key (its cards carry the first call's uuids), or None."""
+    def get(self, key: bytes | None) -> bytes | None:
+        """The answer stored for this key (its cards carry the first call's uuids), or None."""
         return self._entries.get(key) if key is not None else None
 
     @staticmethod
-    def reissued(stored: HookResult, hook_instance: str, service_id: str) -> HookResult:
-        """A stored result as the answer to another call: its cards with that call's uuids."""
-        return HookResult(cards=reissue(stored.cards, hook_instance, service_id),
-                          system_actions=stored.system_actions)
+    def reissued(stored: bytes, hook_instance: str, service_id: str) -> HookResult:
+        """A stored answer as the answer to another call: its cards with that call's uuids."""
+        cards, system_actions = orjson.loads(stored)
+        return HookResult(cards=reissue(cards, hook_instance, service_id), system_actions=system_actions)
 
     def put(self, key: bytes | None, result: HookResult) -> None:
         """Keep the answer: its cards and system actions (the trace is no part of the answer)."""
         if key is not None:
-            self._entries.put(key, HookResult(cards=result.cards, system_actions=result.system_actions))
+            self._entries.put(key, orjson.dumps([result.cards, result.system_actions]))
 
     def clear(self) -> None:
         self._entries.clear()
