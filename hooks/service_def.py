@@ -90,11 +90,6 @@ class ServiceDefinition:
     #: Most calls are such; the service layer asks it before its answer memo, whose key costs more.
     at_once: Callable[[HookRequest], HookResult | None] = lambda request: None
 
-    def answer(self, request: HookRequest) -> HookResult:
-        """The answer to one call: at once when it is plain, else the handler's decision."""
-        plain = self.at_once(request)
-        return plain if plain is not None else self.handler(request)
-
     def discovery_entry(self, extension: Mapping[str, Any] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "hook": self.hook,
