@@ -145,15 +145,11 @@ def handle(request: HookRequest) -> HookResult:
     return handle_orders(request, selections_only=False)
 
 
-def orders_at_once(request: HookRequest, *, selections_only: bool) -> HookResult | None:
+def orders_at_once(request: HookRequest, selections_only: bool = False) -> HookResult | None:
     """No cards when no draft can be immune globulin (most orders signed): the record is not read."""
     if needs_patient_data(request.context, request.prefetch, selections_only):
         return None
     return HookResult(trace={"orders": [], "reason": "no immune globulin order among the drafts"})
-
-
-def answer_at_once(request: HookRequest) -> HookResult | None:
-    return orders_at_once(request, selections_only=False)
 
 
 def _medications(context: Mapping[str, Any], prefetch: Mapping[str, Any]):
@@ -196,7 +192,7 @@ SERVICE = ServiceDefinition(
     usage_requirements=data_needs.USAGE,
     required_prefetch=data_needs.REQUIRED,
     handler=handle,
-    at_once=answer_at_once,
+    at_once=orders_at_once,
     needs_patient_data=needs_patient_data,
     unresolved_references=unresolved_references,
 )

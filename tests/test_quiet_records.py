@@ -149,3 +149,28 @@ def test_the_fixtures_hold_calls_answered_at_once_and_calls_decided():
     assert not at_once("sample-isolated-igm", "request-patient-view.json")
     assert at_once("order-anti-d-not-ivig", "request-order-sign.json")
     assert not at_once("sample-igg-deficiency", "request-order-sign.json")
+
+
+def test_order_select_is_answered_at_once_only_when_no_selected_draft_is_immune_globulin():
+    """order-select looks at the selected drafts alone: an IVIG draft signed later, but not selected
+    now, does not need the record; selecting it does."""
+    from copy import deepcopy
+
+    from hooks import SERVICES
+    from hooks.service_def import HookRequest
+
+    body = fhir_fixtures.load_json("sample-igg-deficiency", "request-order-sign.json")
+    context = deepcopy(body["context"])
+    ivig = context["draftOrders"]["entry"][0]["resource"]
+    other = {"resourceType": "MedicationRequest", "id": "amox-1", "status": "draft", "intent": "order",
+             "subject": ivig["subject"], "medicationCodeableConcept": {"text": "amoxicillin 500 mg oral capsule"}}
+    context["draftOrders"]["entry"].append({"resource": other})
+    service = SERVICES["ivig-order-select"]
+
+    def at_once(selected: str):
+        return service.at_once(HookRequest(hook=service.hook, hook_instance="h", service_id=service.id,
+                                           context={**context, "selections": [selected]},
+                                           prefetch=body["prefetch"], today=TODAY))
+
+    assert at_once("MedicationRequest/amox-1") is not None
+    assert at_once(f"MedicationRequest/{ivig['id']}") is None

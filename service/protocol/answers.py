@@ -16,9 +16,9 @@ the text both share, so both have one hookInstance, and it is the cut value: the
 
 **What is stored**: the handler's result for a call whose prefetch was completed without
 reading a FHIR server (what a server returns can change between calls). A call answered at once
-(nothing in the record to decide) never reaches the memo: that answer costs less than the key. A later call
-gets the stored cards with uuids derived from its own hookInstance (hooks/cards.py ``reissue``),
-so feedback and analytics see its own cards.
+(nothing in the record to decide) never reaches the memo: that answer costs less than the key.
+A later call gets the stored cards with uuids derived from its own hookInstance (hooks/cards.py
+``reissue``), so feedback and analytics see its own cards.
 """
 
 from __future__ import annotations
