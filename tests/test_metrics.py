@@ -300,3 +300,21 @@ def metrics_settings(**values):
     from service.settings import MetricsSettings
 
     return MetricsSettings.model_validate(values)
+
+
+def test_the_metric_files_process_id_is_renewed_in_a_forked_child():
+    """Workers are forked from the gunicorn master: each must name its metric files by its own
+    pid, or two workers would write one file."""
+    import os
+
+    assert metrics._process_id() == os.getpid()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports what it would name its files by, and leaves at once
+        os.write(write_end, f"{metrics._process_id()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write_end)
+    named, own = os.read(read_end, 64).decode().split()
+    os.waitpid(child, 0)
+    os.close(read_end)
+    assert named == own and int(own) != os.getpid()
