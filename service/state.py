@@ -18,6 +18,7 @@ from hooks.service_def import ServiceDefinition
 from service.auth.tokens import Authenticator
 from service.prefetch.completion import PrefetchCompleter
 from service.protocol.answers import AnswerMemo
+from service.protocol.turns import RecordTurns
 from service.settings import Settings
 from service.storage.feedback import FeedbackStore
 
@@ -42,6 +43,8 @@ class AppState:
     #: validated resources by content (hooks/fhir_read.py), read through while a hook runs
     models: BoundedLRU = field(default_factory=lambda: BoundedLRU(0))
     extras: dict[str, Any] = field(default_factory=dict)
+    #: the records this app's hook calls work on, one at a time (service/protocol/turns.py)
+    turns: RecordTurns = field(default_factory=RecordTurns)
 
     def write_records(self) -> None:
         """Write now the issued-card records that answered requests queued in the store."""

@@ -33,10 +33,10 @@ import logging
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
 from hooks.service_def import ServiceDefinition
@@ -261,7 +261,10 @@ class PrefetchCompleter:
         pf = settings.prefetch
         self.pool = FhirClientPool(pool_size=max(pf.pool_connections, pf.max_parallel_queries))
 
-    def complete(self, req: CdsRequest, service: ServiceDefinition, today: date) -> CompletedData:
+    def complete(self, req: CdsRequest, service: ServiceDefinition, today: date, *,
+                 waiting: Callable[[], AbstractContextManager[Any]] = nullcontext) -> CompletedData:
+        """The prefetch with what is missing filled in. ``waiting()`` is entered while the call waits
+        on the FHIR server (service/protocol/turns.py: the worker's other calls go on meanwhile)."""
         started = time.monotonic()
         prefetch = {k: v for k, v in req.prefetch.items()}
         if not _needs_patient_data(service, req.context, prefetch):
@@ -284,7 +287,7 @@ class PrefetchCompleter:
             raise BadRequest(
                 "fhirServer is not allowed: this service only contacts FHIR servers on its configured "
                 "allowlist (security.fhir_server_allowlist)")
-        return self._from_server(req, service, prefetch, missing, references, started)
+        return self._from_server(req, service, prefetch, missing, references, started, waiting)
 
     # ------------------------------------------------------------ no fhirServer
 
@@ -305,7 +308,8 @@ class PrefetchCompleter:
     # ------------------------------------------------------------ fhirServer
 
     def _from_server(self, req: CdsRequest, service: ServiceDefinition, prefetch: dict[str, Any],
-                     missing: list[str], references: list[str], started: float) -> CompletedData:
+                     missing: list[str], references: list[str], started: float,
+                     waiting: Callable[[], AbstractContextManager[Any]]) -> CompletedData:
         pf = self.settings.prefetch
         budget = Budget(deadline=started + pf.deadline_seconds, query_timeout=pf.query_timeout_seconds,
                         max_bytes=pf.max_bytes_per_call)
@@ -333,7 +337,7 @@ class PrefetchCompleter:
         queries.extend(self._reference_queries(references, req.fhir_server, partial))
 
         extra: dict[str, dict[str, Any]] = {}
-        with ExitStack() as stack:
+        with waiting(), ExitStack() as stack:
             try:
                 client = stack.enter_context(self.pool.lease(req.fhir_server))
             except FetchFailure:  # the pool is closed: the app is shutting down

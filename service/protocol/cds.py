@@ -1,7 +1,7 @@
 """The CDS Hooks 2.0.1 endpoints: discovery, service invocation, feedback.
 
 Each view is the pipeline and nothing more: look up the service, authenticate, read the body,
-check the envelope, complete the prefetch, answer at once when the record needs no reading
+then, in the call's turn on its record (service/protocol/turns.py), parse and check the envelope, complete the prefetch, answer at once when the record needs no reading
 (``ServiceDefinition.at_once``), else call the hook's handler, record what was issued, answer.
 A decision made before on the same body but for its hookInstance and token is taken from the
 memo in service/protocol/answers.py (same cards, this call's uuids). Every failure is raised as a
@@ -24,7 +24,7 @@ from hooks.service_def import HookRequest, HookResult, ServiceDefinition
 from service.errors import NotFound
 from service.ops import metrics
 from service.protocol import guards
-from service.protocol.jsonbody import check_depth, parse_body, read_json
+from service.protocol.jsonbody import check_depth, parse_json, read_body, read_json
 from service.protocol.models import parse_cds_request, parse_feedback
 from service.state import AppState, state
 from service.storage.feedback import IssuedCard
@@ -92,15 +92,27 @@ def invoke(service_id: str):
     req = request._get_current_object()  # the request itself, once: every read through the proxy looks it up
     service = _service(st, service_id)
     identity = st.authenticator.verify(req)
+    raw = read_body(req, max_bytes=st.settings.limits.max_body_bytes)
+    with st.turns:  # service/protocol/turns.py: the record is parsed, read and freed in this call's turn
+        answer, topics = _answer(st, service, identity.tenant, req, raw)
+    here = g._get_current_object()
+    here.cds_topics = topics
+    here.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)
+    return Response(answer, mimetype="application/json")
+
+
+def _answer(st: AppState, service: ServiceDefinition, tenant: str | None, req: Request,
+            raw: bytes) -> tuple[bytes, list[str | None]]:
+    """The answer's JSON and its cards' topics; every object made from the body dies with this call."""
     limits = st.settings.limits
-    raw, body = parse_body(req, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
+    body = parse_json(raw, max_depth=limits.max_json_depth)
     check_depth(raw, limits.max_json_depth)
     guards.check_resource_count(body, limits.max_resources, raw)
     cds_request = parse_cds_request(body, service.hook)
     guards.check_fhir_server(cds_request, st.settings.security.fhir_server_allowlist)
     run_date = today()
     base = base_url(req, st)
-    completed = st.prefetcher.complete(cds_request, service, run_date)
+    completed = st.prefetcher.complete(cds_request, service, run_date, waiting=st.turns.waiting)
     hook_request = HookRequest(
         hook=service.hook,
         hook_instance=cds_request.hook_instance,
@@ -114,17 +126,15 @@ def invoke(service_id: str):
         base_url=base,
         smart_launch_url=f"{base}/smart/launch",
         ruleset_version=st.ruleset_version,
-        tenant=identity.tenant,
+        tenant=tenant,
     )
     result = service.at_once(hook_request)
     if result is None:
         result = _decided(st, service, hook_request, raw, body, completed.sources)
     # queued before the answer leaves: a feedback call right after finds the cards (service/storage/sql_store.py)
     _record_issued(st, service, cds_request.hook_instance, cds_request.patient_id, result)
-    here = g._get_current_object()
-    here.cds_topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
-    here.cds_ruleset = st.ruleset_version  # the access line carries cards, topics and ruleset (one line a call)
-    return json_response(result.response_body())
+    topics = [c.get("source", {}).get("topic", {}).get("code") for c in result.cards]
+    return orjson.dumps(result.response_body()), topics
 
 
 def _decided(st: AppState, service: ServiceDefinition, hook_request: HookRequest, raw: bytes, body: Any,

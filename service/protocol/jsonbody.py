@@ -164,7 +164,8 @@ def json_depth(raw: bytes, stop_above: int | None = None) -> int:
 
 def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     """The parsed body, or a CdsError that says what is wrong with it."""
-    raw, body = parse_body(request, max_bytes=max_bytes, max_depth=max_depth)
+    raw = read_body(request, max_bytes=max_bytes)
+    body = parse_json(raw, max_depth=max_depth)
     check_depth(raw, max_depth)
     return body
 
@@ -183,9 +184,8 @@ def _read_announced(request: Request, length: int) -> bytes:
     return raw
 
 
-def parse_body(request: Request, *, max_bytes: int, max_depth: int) -> tuple[bytes, Any]:
-    """The body's bytes and their parse, checked for media type, size and syntax, not yet for
-    depth (``check_depth``: the hook endpoint checks it on the bytes it already holds)."""
+def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The body's bytes, checked for media type and size, not yet parsed (``parse_json``)."""
     if not _is_json_type(request.mimetype or ""):
         raise BadRequest(
             f"Content-Type must be application/json (got {request.mimetype or 'none'})")
@@ -207,10 +207,16 @@ def parse_body(request: Request, *, max_bytes: int, max_depth: int) -> tuple[byt
     if length is None:
         request.environ[BODY_READ] = True
         _reserve(len(raw))
+    return raw
+
+
+def parse_json(raw: bytes, *, max_depth: int) -> Any:
+    """The parse of a body's bytes, checked for syntax, not yet for depth (``check_depth``: the
+    hook endpoint checks it on the bytes it already holds)."""
     if not raw.strip():
         raise BadRequest("the request body is empty; a JSON object is required")
     try:
-        return raw, orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         message = str(exc).split(":", 1)[0]
         if "recursion" in str(exc).lower():
