@@ -1,7 +1,8 @@
 """The CDS Hooks 2.0.1 endpoints: discovery, service invocation, feedback.
 
-Each view is the pipeline and nothing more: look up the service, authenticate, read the body,
-then, in the call's turn on its record (service/protocol/turns.py), parse and check the envelope, complete the prefetch, answer at once when the record needs no reading
+Each view is the pipeline and nothing more: look up the service, authenticate, read the body;
+then, in the call's turn on its record (service/protocol/turns.py), parse and check the
+envelope, complete the prefetch, answer at once when the record needs no reading
 (``ServiceDefinition.at_once``), else call the hook's handler, record what was issued, answer.
 A decision made before on the same body but for its hookInstance and token is taken from the
 memo in service/protocol/answers.py (same cards, this call's uuids). Every failure is raised as a
