@@ -8,6 +8,8 @@ app. Only the entry points (the CLI, the WSGI module, the gunicorn settings) imp
 from __future__ import annotations
 
 import atexit
+from typing import Any, Callable
+
 from flask import Flask
 
 import hooks
@@ -27,12 +29,34 @@ from service.storage.feedback import FeedbackStore
 from service.storage.sql_store import open_store
 
 
+class CdsFlask(Flask):
+    """Flask, asking once per function whether it is a coroutine.
+
+    Flask asks it of the view and of every request hook on every request (``ensure_sync``, ten
+    times a hook call here, through ``inspect``); the answer never changes for a function.
+    """
+
+    _SYNC_KEPT = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(self._sync) < self._SYNC_KEPT:
+                self._sync[func] = sync
+        return sync
+
+
 def create_app(settings: Settings | None = None, *, store: FeedbackStore | None = None) -> Flask:
     """Build the app. ``settings`` default to ``load_settings()`` (config file + environment);
     ``store`` defaults to the SQL store of the configured database, schema brought to head."""
     settings = settings or load_settings()
     guards.configure(settings.limits)  # the process-wide bounds: body budget, resource size
-    app = Flask("ivig_cds")
+    app = CdsFlask("ivig_cds")
     # One byte over the limit: werkzeug cuts a streamed (chunked) body at MAX_CONTENT_LENGTH
     # without an error, so read_json must be able to see that more than the limit arrived.
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes + 1

@@ -941,3 +941,27 @@ def test_private_network_access_preflight_is_answered(client):
     plain = client.options("/cds-services/ivig-order-sign", headers={
         "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Private-Network" not in plain.headers
+
+
+def test_views_and_request_hooks_are_run_as_flask_would_run_them(app):
+    """The app asks once per function whether it is a coroutine (service/app.py ``CdsFlask``):
+    a plain function is run as it is, on every ask, and a coroutine function still goes through
+    Flask's own handling (wrapped with asgiref, or refused without it), never run as is."""
+
+    def plain():
+        return "plain"
+
+    async def coroutine():
+        return "coroutine"
+
+    for _ in range(3):
+        assert app.ensure_sync(plain) is plain
+    for _ in range(2):
+        try:
+            wrapped = app.ensure_sync(coroutine)
+        except RuntimeError as exc:  # Flask without its async extra
+            assert "async" in str(exc)
+        else:
+            assert wrapped is not coroutine and wrapped() == "coroutine"
+    many = [lambda i=i: i for i in range(1000)]  # more functions than are remembered
+    assert all(app.ensure_sync(f) is f for f in many)

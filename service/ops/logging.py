@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -249,8 +250,24 @@ def _published_services() -> frozenset[str]:
 
 
 def new_request_id() -> str:
-    """32 hex digits from the OS's random source: unique across processes and forked workers."""
-    return os.urandom(16).hex()
+    """32 random hex digits, unique across processes and forked workers.
+
+    A request id only tells log lines apart; it guards nothing, so it comes from a generator
+    seeded from the OS's random source in each process (``_reseed``) rather than from the OS on
+    every request: that is a system call, made with the GIL released, which hands the worker's
+    other threads the GIL in the middle of every request.
+    """
+    return f"{_REQUEST_IDS.getrandbits(128):032x}"
+
+
+_REQUEST_IDS = random.Random(os.urandom(32))
+
+
+def _reseed() -> None:
+    _REQUEST_IDS.seed(os.urandom(32))  # a forked worker must not repeat its parent's or siblings' ids
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def _written_only_by_us(logger: logging.Logger) -> bool:
