@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("app state", ("service.state",)),
     ("services", (
         "service.protocol.models", "service.protocol.jsonbody", "service.protocol.guards",
-        "service.protocol.cors", "service.protocol.answers",
+        "service.protocol.cors", "service.protocol.answers", "service.protocol.turns",
         "service.prefetch.completion", "service.prefetch.fhir_client", "service.prefetch.allowlist",
         "service.auth.tokens", "service.auth.keys", "service.auth.replay",
         "service.storage.db", "service.storage.feedback", "service.storage.sql_store",
