@@ -290,9 +290,33 @@ def _json_quantity(value: Any) -> tuple[float | None, Any, str | None] | None:
     q = _dict(value)
     if q is None:
         return None
-    comparator, unit, system, code = q.get("comparator"), q.get("unit"), q.get("system"), q.get("code")
-    _checked(("unit", comparator, unit, system, code), _unit_primitives)
-    return _decimal(q.get("value")), comparator, _unit(system, code, unit)
+    return _decimal(q.get("value")), q.get("comparator"), _units_of(q)
+
+
+#: A quantity's unit elements (comparator, unit, system, code), checked, -> the unit the rules
+#: read (``_unit``), or ``_BAD``: every patient's result of a test is sent in the same unit
+_UNITS: dict[tuple[Any, ...], Any] = {}
+_BAD = object()
+
+
+def _units_of(q: dict[str, Any]) -> str | None:
+    key = (q.get("comparator"), q.get("unit"), q.get("system"), q.get("code"))
+    try:
+        unit = _UNITS.get(key, _BAD)
+    except TypeError:  # a list or an object where a primitive belongs
+        raise _NotCommon from None
+    if unit is _BAD:
+        try:
+            _unit_primitives(*key)
+            unit = _unit(key[2], key[3], key[1])
+        except _NotCommon:
+            unit = _BAD
+        if len(_UNITS) >= _CHECKED_AT_MOST:
+            _UNITS.clear()
+        _UNITS[key] = unit
+        if unit is _BAD:
+            raise _NotCommon
+    return unit
 
 
 def _json_limit(value: Any) -> Limit | None:
@@ -410,37 +434,56 @@ def may_measure(raw: dict[str, Any], kinds: tuple[str, ...]) -> bool:
 
 def from_json(raw: dict[str, Any]) -> LabResult | None:
     """The result of a well-formed Observation, or None when the model must read it."""
-    if not raw.keys() <= _KNOWN or raw.get("contained") is not None or raw.get("status") is None:
-        return None  # an element FHIR does not define (noted by the model), a contained resource, no status
+    if not raw.keys() <= _KNOWN or raw.get("contained") is not None:
+        return None  # an element FHIR does not define (noted by the model), a contained resource
+    get = raw.get
+    status = get("status")
+    if status is None:
+        return None
     shared = _shared_of(raw)
     if shared is None:
         return None
-    rid = raw.get("id")
+    rid = get("id")
     if rid is not None and (type(rid) is not str or _ID.fullmatch(rid) is None):
         return None  # 'Observation/x' and the like: the model path cuts it
-    get = raw.get
+    # what nearly every result sends is read inline: a plain subject, one effectiveDateTime, a
+    # valueQuantity; elements most results lack are looked at only when sent
+    subject = get("subject")
+    effective = get("effectiveDateTime")
+    q = get("valueQuantity")
     try:
-        # elements most results lack are looked at only when sent
-        _reference(get("subject"))
+        if subject is not None and not (type(subject) is dict and len(subject) == 1
+                                        and type(subject.get("reference")) is str):
+            _reference(subject)
         if (encounter := get("encounter")) is not None:
             _reference(encounter)
-        effective = _datetime(get("effectiveDateTime"))
-        start = None
-        if (period := get("effectivePeriod")) is not None:
-            period = _dict(period)
-            start = _datetime(period.get("start"))
-            _datetime(period.get("end"))
-        if (instant := get("effectiveInstant")) is not None:
-            instant = _instant(instant)
-        if (issued := get("issued")) is not None:
-            issued = _instant(issued)
-        value_string = _str(get("valueString"))
-        q = get("valueQuantity")
+        if effective is not None:
+            effective = _datetime(effective)
+        others = get("effectivePeriod"), get("effectiveInstant"), get("issued")
+        value_string = get("valueString")
+        if value_string is not None and type(value_string) is not str:
+            return None
+        value = comparator = unit = None
         if q is not None:
-            q = _json_quantity(q)
+            if type(q) is not dict:
+                return None
+            value, comparator, unit = _decimal(q.get("value")), q.get("comparator"), _units_of(q)
+        if others == (None, None, None):
+            drawn, at = _when((effective,))
+        else:
+            period, instant, issued = others
+            start = None
+            if period is not None:
+                period = _dict(period)
+                start = _datetime(period.get("start"))
+                _datetime(period.get("end"))
+            drawn, at = _when((effective, start, _instant(instant), _instant(issued)))
     except _NotCommon:
         return None
-    quantity = _quantity(q[0], q[1], q[2], value_string) if q is not None else _quantity(None, None, None, value_string)
-    drawn, at = _when((effective, start, instant, issued))
-    return LabResult(rid, shared.kind, shared.serotype, raw["status"], drawn, at, quantity, shared.absent,
-                     shared.ranges, shared.flags)
+    quantity = _quantity(value, comparator, unit, value_string)
+    # the tuple made directly: LabResult(...) goes through the named tuple's generated __new__
+    return _new_tuple(LabResult, (rid, shared.kind, shared.serotype, status, drawn, at, quantity, shared.absent,
+                                  shared.ranges, shared.flags))
+
+
+_new_tuple = tuple.__new__
