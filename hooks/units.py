@@ -64,12 +64,20 @@ def _spelling(unit: str) -> str:
     return unit.strip().lower().replace(" ", "").replace("{", "").replace("}", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Measured:
-    """A normalised number, possibly only a bound ('<7' means below 7)."""
+    """A normalised number, possibly only a bound ('<7' means below 7).
+
+    Made for every result of every record: ``__init__`` sets the fields straight into the
+    instance, instead of the generated one's ``object.__setattr__`` per field."""
 
     value: float
     comparator: str | None = None
+
+    def __init__(self, value: float, comparator: str | None = None) -> None:
+        fields = vars(self)
+        fields["value"] = value
+        fields["comparator"] = comparator
 
     def certainly_below(self, threshold: float) -> bool | None:
         """True/False when the result decides it; None when a bound leaves it open."""
