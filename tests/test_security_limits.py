@@ -223,6 +223,24 @@ def test_byte_level_bound_never_lets_too_many_resources_through():
     check_resource_count(chatty, 10, orjson.dumps(chatty))
 
 
+@pytest.mark.parametrize("resources, limit, too_many", [(5, 5, False), (6, 5, True), (40, 39, True)])
+def test_length_bound_holds_for_the_tightest_resources(resources: int, limit: int, too_many: bool):
+    """A body too short to hold more resources than the limit is not counted at all: the bound
+    must hold for the shortest text a counted resource can have, written as tightly as JSON allows."""
+    import orjson
+
+    from service.errors import PayloadTooLarge
+    from service.protocol.guards import check_resource_count
+
+    body = {"prefetch": {"x": [{"resourceType": ""}] * resources}}
+    raw = orjson.dumps(body)  # no spaces: {"prefetch":{"x":[{"resourceType":""},...]}}
+    if too_many:
+        with pytest.raises(PayloadTooLarge):
+            check_resource_count(body, limit, raw)
+    else:
+        check_resource_count(body, limit, raw)
+
+
 # ---------------------------------------------------------------- under gunicorn: its own limits answer in JSON
 
 

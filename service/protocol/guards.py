@@ -51,6 +51,10 @@ def count_resources(values: Iterable[Any], stop_after: int) -> int:
     return count
 
 
+#: The shortest text of a counted resource: ``{"resourceType":""}``
+_SMALLEST_RESOURCE = 19
+
+
 def check_resource_count(body: Any, max_resources: int, raw: bytes | None = None) -> None:
     """413 when the prefetch values and the context (draftOrders) carry too many resources.
 
@@ -59,8 +63,9 @@ def check_resource_count(body: Any, max_resources: int, raw: bytes | None = None
     """
     if not isinstance(body, dict):
         return  # not a request at all: the envelope check answers 400
-    if raw is not None and raw.count(b'"resourceType"') <= max_resources:
-        return
+    if raw is not None and (len(raw) < _SMALLEST_RESOURCE * (max_resources + 1)
+                            or raw.count(b'"resourceType"') <= max_resources):
+        return  # too short to hold more, or fewer "resourceType" keys than the limit
     values: list[Any] = []
     for part in ("prefetch", "context"):
         if isinstance(body.get(part), dict):
