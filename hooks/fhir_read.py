@@ -634,14 +634,19 @@ def read_raw(resources: Iterable[dict[str, Any]], patient_id: str | None = None)
         if relevant is None or not relevant(raw):
             continue
         rid = raw.get("id")
-        bid = bare_id(rid) if isinstance(rid, str) and rid else None
+        if type(rid) is str and rid and "/" not in rid:
+            bid = rid  # a plain id, as nearly every resource sends
+        else:
+            bid = bare_id(rid) if isinstance(rid, str) and rid else None
         if bid is not None:
             dedupe = (raw["resourceType"], bid or rid)
             if dedupe in seen:
                 continue
             seen.add(dedupe)
         label = f"{raw['resourceType']}/{bid}" if bid is not None else f"{raw['resourceType']} (no id)"
-        if patient_id and _names_other_patient(raw, patient_id, own_reference):
+        subject = raw.get("subject")  # 'Patient/<patient_id>', what nearly every resource says, needs no more
+        if patient_id and not (type(subject) is dict and subject.get("reference") == own_reference) \
+                and _names_other_patient(raw, patient_id, own_reference):
             out.skipped.append(Skipped(label, "belongs to another patient than context.patientId"))
             continue
         if straight and rtype == "Observation":  # most of a record: a result read straight is taken as it is
