@@ -587,26 +587,20 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
 
     Not usable, and said: not final, entered in error, no date, no value (dataAbsentReason), an
     unknown unit, and a value no human body can have (``plausible``: a unit or typing error). The same
-    result sent twice (other ids, same value and time) counts once. ``convert`` scales by a
-    factor per unit (hooks/units.py), so each unit is looked up once per call.
+    result sent twice (other ids, same value and time) counts once.
     """
     stale_before = add_months(today, -config.stale_lab_months)
     low_bound, high_bound = plausible if plausible is not None else (0.0, config.plausible_max_mg_dl(analyte))
     windows = _confounding_windows(doses, config.ivig_confounding_months) if doses else ()
     out: list[LabValue] = []
     seen: set[tuple] = set()
-    factors: dict[str | None, float | None] = {}  # a lab's results share their unit
-    labels = read.labels
     for obs in read.observations(analyte):
         when, at, q, why = _why_unreadable(obs, today)
         if why is not None:
             problems.append(_unused(analyte, when, why))
             continue
         comparator, value, raw_unit = q
-        if raw_unit not in factors:
-            factors[raw_unit] = convert(1.0, raw_unit)
-        factor = factors[raw_unit]
-        normalised = None if factor is None else value * factor
+        normalised = convert(value, raw_unit)
         if normalised is None:
             problems.append(_unused(analyte, when, f"unit '{raw_unit or 'none'}' is not known (not guessed)"))
             continue
@@ -624,7 +618,7 @@ def _lab_values(read: ReadResult, analyte: str, today: date, config: GuidelineCo
             measured=Measured(normalised, comparator),
             unit=unit,
             when=when,
-            resource=labels.get(id(obs)) or _label(obs, read),
+            resource=_label(obs, read),
             ref_low=low,
             ref_high=high,
             flags=obs.flags,
@@ -716,8 +710,6 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
     unusable: dict[tuple[date | None, str], list[str]] = {}
     plausible_max = config.titer_plausible_max_ug_ml
     windows = _confounding_windows(doses, config.ivig_confounding_months) if doses else ()
-    factors: dict[str | None, float | None] = {}  # a panel's titers share their unit
-    labels = read.labels
     for obs in read.observations("titer"):
         serotype = obs.serotype
         when, _at, q, why = _why_unreadable(obs, today)
@@ -728,10 +720,7 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
         if serotype is None:
             unusable.setdefault((when, "names no PPSV23 serotype"), []).append("?")
             continue
-        if unit not in factors:
-            factors[unit] = to_ug_ml(1.0, unit)
-        factor = factors[unit]
-        normalised = None if factor is None else value * factor
+        normalised = to_ug_ml(value, unit)
         if normalised is None:
             unusable.setdefault((when, f"unit '{unit or 'none'}' is not known (not guessed)"), []).append(serotype)
             continue
@@ -739,7 +728,7 @@ def _titers(read: ReadResult, today: date, config: GuidelineConfig, doses, probl
             unusable.setdefault((when, f"{_shown(value, unit)} is not a possible value (plausible 0–"
                                        f"{plausible_max:g} ug/mL)"), []).append(serotype)
             continue
-        out.append(Titer(serotype, Measured(normalised, comparator), when, labels.get(id(obs)) or _label(obs, read),
+        out.append(Titer(serotype, Measured(normalised, comparator), when, _label(obs, read),
                          _confounded_by(when, windows) if windows else None))
     for (when, why), serotypes in unusable.items():
         named = [s for s in dict.fromkeys(serotypes) if s != "?"]

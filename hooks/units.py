@@ -54,14 +54,11 @@ _DOSE = {
 COMPARATORS = ("<=", ">=", "<", ">")
 
 
-def _key(unit: str | None) -> str:
-    return _spelling(unit) if unit else ""
-
-
 @functools.lru_cache(maxsize=1024)
-def _spelling(unit: str) -> str:
-    """A unit as the tables spell it: lower case, no spaces or braces (once per spelling seen)."""
-    return unit.strip().lower().replace(" ", "").replace("{", "").replace("}", "")
+def _key(unit: str | None) -> str:
+    """A unit as the tables spell it: lower case, no spaces or braces (once per spelling seen:
+    every result of a lab's test is sent in the same unit)."""
+    return unit.strip().lower().replace(" ", "").replace("{", "").replace("}", "") if unit else ""
 
 
 @dataclass(frozen=True, init=False)
