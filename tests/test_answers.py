@@ -65,12 +65,14 @@ def test_a_record_sent_again_gets_the_same_cards_with_its_own_uuids(make_client)
     first_body = request_for("sample-igg-deficiency", "order-sign")
     first = post(client, ORDER_SIGN, first_body)
     assert first, "the scenario should give cards"
-    assert len(app.extensions["ivig_cds"].answers) == 1
+    assert len(app.extensions["ivig_cds"].answers) == 0  # a body seen once is not kept
+    second = post(client, ORDER_SIGN, with_instance(first_body))
+    assert len(app.extensions["ivig_cds"].answers) == 1  # seen again: kept
 
     again = post(client, ORDER_SIGN, with_instance(first_body))
     assert len(app.extensions["ivig_cds"].answers) == 1  # answered from the memo, not stored twice
-    assert without_uuids(again) == without_uuids(first)
-    assert not set(card_uuids(again)) & set(card_uuids(first))
+    assert without_uuids(again) == without_uuids(first) == without_uuids(second)
+    assert not set(card_uuids(again)) & (set(card_uuids(first)) | set(card_uuids(second)))
 
     # exactly the cards (uuids included) the service makes for that call with the memo off
     _, fresh_client = make_client(**{"limits.answer_cache_entries": 0})
@@ -103,10 +105,17 @@ def _prefetch_resources(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [e["resource"] for v in body["prefetch"].values() if isinstance(v, dict) for e in v.get("entry", [])]
 
 
+def post_twice(client, service_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The call made twice (answers are kept from a body's second call on); the second answer."""
+    post(client, service_id, body)
+    return post(client, service_id, with_instance(body))
+
+
 def test_a_changed_result_is_decided_afresh(make_client):
-    _, client = make_client()
+    app, client = make_client()
     body = request_for("sample-igg-deficiency", "order-sign")
-    first = post(client, ORDER_SIGN, body)
+    first = post_twice(client, ORDER_SIGN, body)
+    assert len(app.extensions["ivig_cds"].answers) == 1
     changed = with_instance(body)
     assert _set_igg(_prefetch_resources(changed), 1100)  # every IgG now normal
     second = post(client, ORDER_SIGN, changed)
@@ -117,12 +126,14 @@ def test_a_changed_result_is_decided_afresh(make_client):
 def test_another_day_or_another_service_url_is_decided_afresh(make_client, monkeypatch):
     app, client = make_client()
     body = request_for("sample-igg-deficiency", "order-sign")
-    post(client, ORDER_SIGN, body)
+    post_twice(client, ORDER_SIGN, body)
     monkeypatch.setattr(cds, "today", lambda: date(2026, 11, 25))
-    post(client, ORDER_SIGN, with_instance(body))
+    post_twice(client, ORDER_SIGN, with_instance(body))
     assert len(app.extensions["ivig_cds"].answers) == 2
-    response = client.post(f"/cds-services/{ORDER_SIGN}", json=with_instance(body), base_url="https://ehr-proxy.test")
-    assert response.status_code == 200
+    for _ in range(2):
+        response = client.post(f"/cds-services/{ORDER_SIGN}", json=with_instance(body),
+                               base_url="https://ehr-proxy.test")
+        assert response.status_code == 200
     assert len(app.extensions["ivig_cds"].answers) == 3
     assert "https://ehr-proxy.test/smart/launch" in str(response.get_json())
 
@@ -133,10 +144,10 @@ def test_the_memo_is_bounded_and_can_be_turned_off(make_client):
     for n in range(5):
         varied = with_instance(body)
         varied["context"]["userId"] = f"Practitioner/p{n}"
-        post(client, ORDER_SIGN, varied)
+        post_twice(client, ORDER_SIGN, varied)
     assert len(app.extensions["ivig_cds"].answers) == 2
     off, off_client = make_client(**{"limits.answer_cache_entries": 0})
-    post(off_client, ORDER_SIGN, body)
+    post_twice(off_client, ORDER_SIGN, body)
     assert len(off.extensions["ivig_cds"].answers) == 0
 
 
@@ -155,7 +166,7 @@ def test_records_with_nothing_to_decide_are_answered_without_the_memo(make_clien
         assert post(client, PATIENT_VIEW, with_instance(quiet)) == []
         assert post(client, ORDER_SIGN, with_instance(no_ivig)) == []
     assert len(memo) == 0
-    assert post(client, ORDER_SIGN, request_for("sample-igg-deficiency", "order-sign"))
+    assert post_twice(client, ORDER_SIGN, request_for("sample-igg-deficiency", "order-sign"))
     assert len(memo) == 1
 
 
@@ -316,6 +327,63 @@ def test_equal_keys_mean_equal_requests_but_for_hook_instance_and_token(first, s
     keys = [_key(orjson.loads(raw), raw) for raw in raws]
     if keys[0] is not None and keys[0] == keys[1]:
         assert _volatile_stripped(raws[0]) == _volatile_stripped(raws[1])
+
+
+_INPUTS = {"service_id": ORDER_SIGN, "today": TODAY, "base_url": "http://ivig-cds.test", "tenant": None}
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("token", [None, "eyJ.token-1.sig"])
+def test_a_body_is_keyed_from_its_second_sight_whatever_its_hook_instance_and_token(where, token):
+    """The fingerprint leaves out the cut values, wherever they stand and however long they are."""
+    import orjson
+
+    from service.protocol.answers import AnswerMemo
+
+    memo = AnswerMemo(8)
+    base = request_for("sample-igg-deficiency", "order-sign")
+
+    def spelled(instance: str, access_token: str | None) -> tuple[bytes, dict[str, Any]]:
+        body = {k: v for k, v in base.items() if k != "hookInstance"}
+        if access_token is not None:
+            body["fhirAuthorization"] = {"access_token": access_token, "token_type": "Bearer"}
+        body = {"hookInstance": instance, **body} if where == "first" else {**body, "hookInstance": instance}
+        return orjson.dumps(body), body
+
+    first = spelled(str(uuid.uuid4()), token)
+    second = spelled(f"instance-{uuid.uuid4()}-again", token and token + "-rotated")
+    assert memo.key_if_seen_before(*first, **_INPUTS) is None  # first sight: no key, nothing to keep
+    key = memo.key_if_seen_before(*second, **_INPUTS)
+    assert key is not None and key == memo.key(*first, **_INPUTS)
+
+
+def test_bodies_that_share_a_fingerprint_still_get_their_own_keys():
+    """Two records alike but for a value far from the ends: the fingerprint says 'seen', the key tells them apart."""
+    import orjson
+
+    from service.protocol.answers import AnswerMemo
+
+    memo = AnswerMemo(8)
+    body = request_for("sample-igg-deficiency", "order-sign")
+    changed = copy.deepcopy(body)
+    igg = next(r for r in _prefetch_resources(changed) if "2465-3" in str(r.get("code")))
+    value = igg["valueQuantity"]["value"]
+    igg["valueQuantity"]["value"] = value + 1 if int(value) % 10 != 9 else value - 1  # as many digits
+    raws = [orjson.dumps(b) for b in (body, changed)]
+    assert len(raws[0]) == len(raws[1]) and raws[0][-2048:] == raws[1][-2048:]  # the same fingerprint
+    assert memo.key_if_seen_before(raws[0], body, **_INPUTS) is None
+    key = memo.key_if_seen_before(raws[1], changed, **_INPUTS)
+    assert key is not None and key != memo.key(raws[0], body, **_INPUTS)
+
+
+def test_the_memo_off_keys_nothing():
+    from service.protocol.answers import AnswerMemo
+
+    body = request_for("sample-igg-deficiency", "order-sign")
+    memo = AnswerMemo(0)
+    raw = __import__("orjson").dumps(body)
+    assert memo.key_if_seen_before(raw, body, **_INPUTS) is None
+    assert memo.key_if_seen_before(raw, body, **_INPUTS) is None
 
 
 def test_a_request_answered_again_over_http_with_a_rotated_token(make_client):

@@ -15,8 +15,12 @@ the same text but for that one string, which holds each body's own value. If the
 the text both share, so both have one hookInstance, and it is the cut value: the bodies are equal.
 
 **What is stored**: the handler's result for a call whose prefetch was completed without
-reading a FHIR server (what a server returns can change between calls). A call answered at once
-(nothing in the record to decide) never reaches the memo: that answer costs less than the key.
+reading a FHIR server (what a server returns can change between calls), from the second time
+its body is seen. Most bodies are never sent again (every chart opened is another patient's
+record), so the first sight of a body costs a fingerprint (``key_if_seen_before``), not the key
+and a stored answer; the fingerprint only picks the bodies the exact key is made for. A call
+answered at once (nothing in the record to decide) never reaches the memo: that answer costs
+less than the key.
 A later call gets the stored cards with uuids derived from its own hookInstance (hooks/cards.py
 ``reissue``), so feedback and analytics see its own cards.
 """
@@ -37,6 +41,8 @@ from hooks.service_def import HookResult
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~+/=]+")
 #: Stands in for a cut-out value in the hashed text; a NUL byte never occurs in valid JSON text.
 _MARKER = b"\x00"
+#: How much of the text before each cut value, and of its end, a body's fingerprint holds
+_TAIL_BYTES = 1024
 
 
 class AnswerMemo:
@@ -50,10 +56,40 @@ class AnswerMemo:
 
     def __init__(self, capacity: int) -> None:
         self._entries: BoundedLRU[bytes, bytes] = BoundedLRU(capacity)
+        #: fingerprints of the bodies seen once (``key_if_seen_before``)
+        self._seen: BoundedLRU[int, bool] = BoundedLRU(capacity)
+
+    def key_if_seen_before(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
+                           tenant: str | None) -> bytes | None:
+        """The key of this request when a body with its fingerprint came before; None on a first
+        sight (which is remembered) or when it cannot be memoised exactly.
+
+        The fingerprint is the other inputs, the body's length without the cut values and the last
+        bytes of each stretch of its text between them: two calls of one chart share it whatever their
+        hookInstance and token. Bodies that share it but differ get different keys.
+        """
+        cuts = self._cuts(raw, body)
+        if cuts is None:
+            return None
+        tails, position = [], 0
+        for start, end in [*cuts, (len(raw), len(raw))]:
+            tails.append(raw[max(position, start - _TAIL_BYTES):start])
+            position = end
+        length = len(raw) - sum(end - start for start, end in cuts)  # a rotated token may be longer
+        fingerprint = hash((service_id, today, base_url, tenant, length, *tails))
+        if self._seen.get(fingerprint) is None:
+            self._seen.put(fingerprint, True)
+            return None
+        return self._digest(raw, cuts, service_id, today, base_url, tenant)
 
     def key(self, raw: bytes, body: Any, *, service_id: str, today: date, base_url: str,
             tenant: str | None) -> bytes | None:
         """The key of this request, or None when it cannot be memoised exactly (or the memo is off)."""
+        cuts = self._cuts(raw, body)
+        return None if cuts is None else self._digest(raw, cuts, service_id, today, base_url, tenant)
+
+    def _cuts(self, raw: bytes, body: Any) -> list[tuple[int, int]] | None:
+        """Where the hookInstance and the token are in the text (None: not memoised)."""
         if self._entries.capacity == 0 or not isinstance(body, dict):
             return None
         auth = body.get("fhirAuthorization")
@@ -71,6 +107,11 @@ class AnswerMemo:
         cuts.sort()
         if len(cuts) == 2 and cuts[0][1] > cuts[1][0]:
             return None  # both values in one place (equal values): refuse rather than guess
+        return cuts
+
+    @staticmethod
+    def _digest(raw: bytes, cuts: list[tuple[int, int]], service_id: str, today: date, base_url: str,
+                tenant: str | None) -> bytes:
         digest = hashlib.sha256(orjson.dumps([service_id, today.isoformat(), base_url, tenant]))
         text, position = memoryview(raw), 0
         for start, end in cuts:
@@ -97,6 +138,7 @@ class AnswerMemo:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._seen.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
