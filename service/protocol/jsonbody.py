@@ -184,12 +184,23 @@ def _read_announced(request: Request, length: int) -> bytes:
     return raw
 
 
+def _announced(request: Request) -> tuple[bool, int | None]:
+    """(is the body JSON, its announced length): what nearly every caller sends (a bare JSON media
+    type, a plain Content-Length) read from the WSGI environ; anything else as werkzeug reads it."""
+    environ = request.environ
+    media, length = environ.get("CONTENT_TYPE"), environ.get("CONTENT_LENGTH")
+    if media in JSON_TYPES and "HTTP_TRANSFER_ENCODING" not in environ and length and length.isascii() \
+            and length.isdigit():
+        return True, int(length)
+    return _is_json_type(request.mimetype or ""), request.content_length
+
+
 def read_body(request: Request, *, max_bytes: int) -> bytes:
     """The body's bytes, checked for media type and size, not yet parsed (``parse_json``)."""
-    if not _is_json_type(request.mimetype or ""):
+    is_json, length = _announced(request)
+    if not is_json:
         raise BadRequest(
             f"Content-Type must be application/json (got {request.mimetype or 'none'})")
-    length = request.content_length
 
     def too_large() -> PayloadTooLarge:
         return PayloadTooLarge(f"request body exceeds {max_bytes} bytes (limits.max_body_bytes)")
