@@ -62,4 +62,4 @@ class AppState:
 
 def state() -> AppState:
     """The state of the app handling the current request."""
-    return current_app.extensions[EXTENSION]
+    return current_app._get_current_object().extensions[EXTENSION]  # one context lookup, not an attribute proxy

@@ -303,7 +303,8 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         here = g._get_current_object()
-        here.request_id = _valid_request_id(request.environ.get(_REQUEST_ID_ENVIRON)) or new_request_id()
+        environ = request._get_current_object().environ
+        here.request_id = _valid_request_id(environ.get(_REQUEST_ID_ENVIRON)) or new_request_id()
         here.started = time.perf_counter()
 
     @app.after_request

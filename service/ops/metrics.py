@@ -281,7 +281,7 @@ def observe_requests(app: Flask) -> None:
 
     @app.before_request
     def _metrics_start() -> None:
-        g.metrics_started = time.perf_counter()
+        g._get_current_object().metrics_started = time.perf_counter()
 
     @app.after_request
     def _metrics_observe(response: Response) -> Response:
