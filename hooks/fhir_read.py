@@ -131,9 +131,14 @@ def _collect(value: Any, out: list[dict[str, Any]], problems: list[Skipped] | No
     would each pass through every level's generator.)"""
     if depth > _MAX_DEPTH:
         return
-    if isinstance(value, list):
+    if isinstance(value, list):  # prefetch values: mostly Bundles (or nothing), opened here without a call each
         for item in value:
-            _collect(item, out, problems, depth + 1, where)
+            if item is None:
+                continue  # a prefetch the EHR could not fill
+            if type(item) is dict and item.get("resourceType") == "Bundle" and depth < _MAX_DEPTH:
+                _entries(item, out, problems, depth + 1)
+            else:
+                _collect(item, out, problems, depth + 1, where)
         return
     if not isinstance(value, dict):
         if value is not None and problems is not None:  # None: a prefetch the EHR could not fill
@@ -205,6 +210,7 @@ def _observation_text(text: str) -> bool:
     return _OBS_TEXT.search(text) is not None
 
 
+@by_term
 @by_term
 def _condition_coding(system: str, code: str) -> bool:
     return any(vs.coding_in(valueset, system, code) for valueset in _CONDITION_SETS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hooks.fhir_read import MODEL_CACHE, adapt_shape, read_resources
 from tests.conftest import reference
 
@@ -181,3 +183,45 @@ def test_a_resource_too_large_is_refused_unless_the_text_it_came_in_was_within_t
     small = {**big, "code": {"coding": big["code"]["coding"]}}
     with fhir_read.models_cached_in(off, sent_within=2000):
         assert fhir_read.ingest(small).model is not None
+
+
+# ------------------------------------------------------------------ collecting: lists of Bundles opened in place
+
+def _collected_by_the_rule(value, out, depth=0):
+    """The collecting rule, one call per level: lists and Bundles opened to a depth of _MAX_DEPTH."""
+    from hooks.fhir_read import _MAX_DEPTH
+
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(value, list):
+        for item in value:
+            _collected_by_the_rule(item, out, depth + 1)
+    elif isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        for entry in value.get("entry") or ():
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            kind = resource.get("resourceType") if isinstance(resource, dict) else None
+            if isinstance(kind, str) and kind != "Bundle":
+                out.append(resource)
+            elif isinstance(resource, (dict, list)):
+                _collected_by_the_rule(resource, out, depth + 1)
+    elif isinstance(value, dict) and isinstance(value.get("resourceType"), str):
+        out.append(value)
+
+
+def _nested(levels: int, leaf: dict) -> object:
+    value: object = leaf
+    for level in range(levels):
+        value = [None, value] if level % 2 else {"resourceType": "Bundle", "entry": [{"resource": value}]}
+    return value
+
+
+@pytest.mark.parametrize("levels", range(0, 12))
+def test_nested_lists_and_bundles_are_opened_to_the_same_depth_as_the_rule(levels):
+    """Prefetch values opened in place collect what the one-call-per-level rule collects, no deeper."""
+    from hooks.fhir_read import iter_resources
+
+    leaf = {"resourceType": "Observation", "id": f"o{levels}"}
+    for value in (_nested(levels, leaf), [_nested(levels, leaf)], [None, _nested(levels, leaf), None]):
+        expected: list = []
+        _collected_by_the_rule(value, expected)
+        assert list(iter_resources(value)) == expected

@@ -80,7 +80,7 @@ def is_missing(value: Any) -> bool:
 
 
 def missing_keys(service: ServiceDefinition, prefetch: Mapping[str, Any]) -> list[str]:
-    return [key for key in service.prefetch if key not in prefetch or is_missing(prefetch.get(key))]
+    return [key for key in service.prefetch if is_missing(prefetch.get(key))]  # an absent key gets None
 
 
 # ---------------------------------------------------------------- templates
@@ -266,7 +266,7 @@ class PrefetchCompleter:
         """The prefetch with what is missing filled in. ``waiting()`` is entered while the call waits
         on the FHIR server (service/protocol/turns.py: the worker's other calls go on meanwhile)."""
         started = time.monotonic()
-        prefetch = {k: v for k, v in req.prefetch.items()}
+        prefetch = dict(req.prefetch)
         if not _needs_patient_data(service, req.context, prefetch):
             return CompletedData(prefetch=prefetch, sources={"request"})
         missing = missing_keys(service, prefetch)
