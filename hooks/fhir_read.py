@@ -246,7 +246,9 @@ def _concept_matches(concept: Any, coding: Callable[[str, str], bool] | None, te
     name = concept.get("text")
     if isinstance(name, str) and text(name):
         return True
-    return any(isinstance(display := item.get("display"), str) and text(display) for item in codings)
+    # a display that repeats the text (as most do) has been answered already
+    return any(isinstance(display := item.get("display"), str) and display != name and text(display)
+               for item in codings)
 
 
 def observation_may_matter(raw: Mapping[str, Any]) -> bool:
@@ -256,6 +258,7 @@ def observation_may_matter(raw: Mapping[str, Any]) -> bool:
     if not isinstance(concept, dict):
         return False
     codings = concept.get("coding")
+    display = None
     if isinstance(codings, list):
         for coding in codings:
             if isinstance(coding, dict) and isinstance(code := coding.get("code"), str) and code in _OBS_LOINC:
@@ -265,7 +268,8 @@ def observation_may_matter(raw: Mapping[str, Any]) -> bool:
                     and _observation_text(display):
                 return True
     text = concept.get("text")
-    return isinstance(text, str) and _observation_text(text)
+    # a text that repeats the last display (as most do) has been answered already
+    return isinstance(text, str) and text != display and _observation_text(text)
 
 
 def condition_may_matter(raw: Mapping[str, Any]) -> bool:

@@ -225,3 +225,25 @@ def test_nested_lists_and_bundles_are_opened_to_the_same_depth_as_the_rule(level
         expected: list = []
         _collected_by_the_rule(value, expected)
         assert list(iter_resources(value)) == expected
+
+
+@pytest.mark.parametrize(("text", "display", "matters"), [
+    ("Chest illness", "Pneumonia", True),          # only the display names it
+    ("Pneumonia", "Chest illness", True),          # only the text
+    ("Pneumonia", "Pneumonia", True),              # the display repeats the text
+    ("Chest illness", "Chest illness", False),
+    (None, "Pneumonia", True),
+    ("Chest illness", None, False),
+])
+def test_a_diagnosis_matters_by_its_text_or_any_display(text, display, matters):
+    from hooks.fhir_read import condition_may_matter, observation_may_matter
+
+    coding = {"system": "urn:local:codes", "code": "X1", **({"display": display} if display else {})}
+    code = {"coding": [coding], **({"text": text} if text else {})}
+    assert condition_may_matter({"resourceType": "Condition", "code": code}) is matters
+    def lab_words(words: str | None) -> str | None:
+        return words and words.replace("Pneumonia", "IgM [Mass/volume] in Serum").replace("Chest illness", "Panel 3")
+
+    lab_coding = {"system": "urn:local:codes", "code": "X1", **({"display": lab_words(display)} if display else {})}
+    lab_code = {"coding": [lab_coding], **({"text": lab_words(text)} if text else {})}
+    assert observation_may_matter({"resourceType": "Observation", "code": lab_code}) is matters
