@@ -211,7 +211,6 @@ def _observation_text(text: str) -> bool:
 
 
 @by_term
-@by_term
 def _condition_coding(system: str, code: str) -> bool:
     return any(vs.coding_in(valueset, system, code) for valueset in _CONDITION_SETS)
 

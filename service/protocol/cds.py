@@ -5,8 +5,8 @@ then, in the call's turn on its record (service/protocol/turns.py), parse and ch
 envelope, complete the prefetch, answer at once when the record needs no reading
 (``ServiceDefinition.at_once``), else call the hook's handler, record what was issued, answer.
 A decision made before on the same body but for its hookInstance and token is taken from the
-memo in service/protocol/answers.py (same cards, this call's uuids; kept from a body's second call on). Every failure is raised as a
-``CdsError`` and answered in service/errors.py.
+memo in service/protocol/answers.py (same cards, this call's uuids; kept from a body's second
+call on). Every failure is raised as a ``CdsError`` and answered in service/errors.py.
 """
 
 from __future__ import annotations
@@ -143,8 +143,10 @@ def _decided(st: AppState, service: ServiceDefinition, hook_request: HookRequest
     """The handler's decision, or the one it made on the same body before (service/protocol/answers.py)."""
     # what a FHIR server returns may change between calls: such answers are never memoised
     memoised = sources <= {"request", "sample"}
-    key = st.answers.key_if_seen_before(raw, body, service_id=service.id, today=hook_request.today,
-                                        base_url=hook_request.base_url, tenant=hook_request.tenant) if memoised else None
+    key = None
+    if memoised:
+        key = st.answers.key_if_seen_before(raw, body, service_id=service.id, today=hook_request.today,
+                                            base_url=hook_request.base_url, tenant=hook_request.tenant)
     remembered = st.answers.get(key)
     if remembered is not None:
         return st.answers.reissued(remembered, hook_request.hook_instance, service.id)
